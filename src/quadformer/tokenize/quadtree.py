@@ -1,0 +1,195 @@
+"""Batched quadtree selection with sorts only (spec §2, §3).
+
+No Python loop over images or splits: the only loops run over the L scales (L <= ~5).
+
+Idea: best-first expansion with fixed, distinct priorities splits nodes in the order of a
+lexicographic key ``K(v) = (e_0 .. e_{L-2})`` where ``e_i`` is the suffix maximum of ranks
+along the root-to-``v`` path (the weakest priority on the path decides, ties of that
+bottleneck resolved recursively below it). Ranks come from one stable sort on the canonical
+layout (side descending, raster), which realises the tie rule exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from .geometry import QuadGeometry
+
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class CellTables:
+    """Per-cell tables for all scales in canonical order (scale L-1 first, raster within).
+
+    ``meta`` rows are ``(x_c, y_c, size_id)`` in p_min units; ``boxes`` rows are pixel
+    ``(x0, y0, x1, y1)`` half-open.
+    """
+
+    meta: Tensor  # [M, 3] float32
+    boxes: Tensor  # [M, 4] int64
+    offsets: tuple[int, ...]  # start of each scale's block, indexed by scale
+
+
+def canonical_scales(geometry: QuadGeometry) -> list[int]:
+    """Scales in canonical order: largest patches first."""
+    return list(range(geometry.num_scales - 1, -1, -1))
+
+
+@lru_cache(maxsize=64)
+def _cell_tables_cpu(geometry: QuadGeometry) -> CellTables:
+    metas, boxes, offsets = [], [], [0] * geometry.num_scales
+    start = 0
+    for s in canonical_scales(geometry):
+        gh, gw = geometry.grid(s)
+        p = geometry.patch_size(s)
+        rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        rows, cols = rows.reshape(-1), cols.reshape(-1)
+        f = float(1 << s)
+        metas.append(
+            torch.stack(
+                [(cols + 0.5) * f, (rows + 0.5) * f, torch.full_like(cols, s, dtype=torch.float32)], -1
+            ).float()
+        )
+        boxes.append(torch.stack([cols * p, rows * p, (cols + 1) * p, (rows + 1) * p], -1).long())
+        offsets[s] = start
+        start += gh * gw
+    return CellTables(torch.cat(metas), torch.cat(boxes), tuple(offsets))
+
+
+_TABLE_CACHE: dict[tuple[QuadGeometry, str], CellTables] = {}
+
+
+def cell_tables(geometry: QuadGeometry, device: torch.device | str = "cpu") -> CellTables:
+    """Index tables of ``geometry`` on ``device``, cached by (geometry, device) value."""
+    key = (geometry.with_budget(geometry.n0), str(torch.device(device)))
+    tables = _TABLE_CACHE.get(key)
+    if tables is None:
+        cpu = _cell_tables_cpu(key[0])
+        tables = CellTables(cpu.meta.to(device), cpu.boxes.to(device), cpu.offsets)
+        _TABLE_CACHE[key] = tables
+    return tables
+
+
+def _flatten_scores(scores: list[Tensor], geometry: QuadGeometry) -> Tensor:
+    """Stack per-scale maps (index s-1 for scale s) into ``[B, T]`` canonical layout."""
+    L = geometry.num_scales
+    if len(scores) != L - 1:
+        raise ValueError(f"expected {L - 1} score maps (scales 1..{L - 1}), got {len(scores)}")
+    flat = []
+    for s in range(L - 1, 0, -1):
+        m = scores[s - 1]
+        gh, gw = geometry.grid(s)
+        if m.shape[-2:] != (gh, gw):
+            raise ValueError(f"score map for scale {s} has shape {tuple(m.shape)}, expected [B, {gh}, {gw}]")
+        flat.append(m.reshape(m.shape[0], -1))
+    out = torch.cat(flat, 1)
+    if torch.isnan(out).any():
+        raise ValueError("patch scores contain NaN; check the scorer's input (e.g. NaN pixels)")
+    return out
+
+
+def _upsample_nearest(x: Tensor, factor: int) -> Tensor:
+    """``[B, h, w] -> [B, h*f, w*f]`` by repetition (a child reads its parent's value)."""
+    if factor == 1:
+        return x
+    b, h, w = x.shape
+    return x[:, :, None, :, None].expand(b, h, factor, w, factor).reshape(b, h * factor, w * factor)
+
+
+def select_splits(
+    scores: list[Tensor], geometry: QuadGeometry, batch_size: int | None = None, device: torch.device | None = None
+) -> list[Tensor]:
+    """Which internal nodes are split, for a batch.
+
+    Args:
+        scores: ``L-1`` importance maps, index ``s-1`` for scale ``s``, ``[B, H/p_s, W/p_s]``.
+    Returns:
+        ``L`` boolean maps indexed by scale (``[B, H/p_s, W/p_s]``); scale 0 is all False.
+        Exactly ``geometry.num_splits`` nodes are True per image and they form a valid tree.
+        ``batch_size``/``device`` are only needed when there are no maps (L = 1).
+    """
+    L, k = geometry.num_scales, geometry.num_splits
+    B = scores[0].shape[0] if scores else int(batch_size or 0)
+    device = scores[0].device if scores else torch.device(device or "cpu")
+    split = [torch.zeros(B, *geometry.grid(s), dtype=torch.bool, device=device) for s in range(L)]
+    if L == 1 or k == 0:
+        return split
+    flat = _flatten_scores(scores, geometry).float()  # [B, T]
+    T = flat.shape[1]
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(T, device=device).expand(B, T))
+
+    # Per-depth rank maps (depth d = L-1-s), then suffix maxima along root-to-node paths.
+    rank_maps, start = [], 0
+    for s in range(L - 1, 0, -1):
+        gh, gw = geometry.grid(s)
+        rank_maps.append(rank[:, start : start + gh * gw].view(B, gh, gw))
+        start += gh * gw
+
+    radix = T + 1
+    packable = radix ** (L - 1) <= _INT64_MAX
+    keys, digit_lists = [], []
+    suffix: list[Tensor] = []  # e_0..e_d for the current depth, on its grid
+    for d, r in enumerate(rank_maps):
+        suffix = [torch.maximum(_upsample_nearest(e, 2), r) for e in suffix] + [r]
+        digits = [e.reshape(B, -1) + 1 for e in suffix]  # e_i + 1; absent entries are 0
+        if packable:
+            key = torch.zeros_like(digits[0])
+            for i, dg in enumerate(digits):
+                key += dg * radix ** (L - 2 - i)
+            keys.append(key)
+        else:
+            zero = torch.zeros_like(digits[0])
+            digit_lists.append(digits + [zero] * (L - 1 - len(digits)))
+
+    if packable:
+        key = torch.cat(keys, 1)  # canonical layout, [B, T]
+        chosen = torch.topk(key, k, dim=1, largest=False, sorted=False).indices
+    else:
+        # Lexicographic order by stable sorts from the last entry to the first (LSD radix).
+        cols = [torch.cat([dl[i] for dl in digit_lists], 1) for i in range(L - 1)]
+        perm = torch.arange(T, device=device).expand(B, T)
+        for i in range(L - 2, -1, -1):
+            sub = torch.gather(cols[i], 1, perm)
+            perm = torch.gather(perm, 1, torch.sort(sub, dim=1, stable=True).indices)
+        chosen = perm[:, :k]
+
+    mask = torch.zeros(B, T, dtype=torch.bool, device=device)
+    mask.scatter_(1, chosen, True)
+    start = 0
+    for s in range(L - 1, 0, -1):
+        gh, gw = geometry.grid(s)
+        split[s] = mask[:, start : start + gh * gw].view(B, gh, gw)
+        start += gh * gw
+    return split
+
+
+def token_mask(split: list[Tensor], geometry: QuadGeometry) -> Tensor:
+    """``[B, M]`` boolean over all cells in canonical order: a cell is a token when it is a
+    root or its parent is split, and it is not split itself."""
+    L = geometry.num_scales
+    parts = []
+    parent_split = None
+    for s in range(L - 1, -1, -1):
+        alive = ~split[s] if parent_split is None else parent_split & ~split[s]
+        parts.append(alive.flatten(1))
+        parent_split = _upsample_nearest(split[s], 2)
+    return torch.cat(parts, 1)
+
+
+def select_tokens(
+    scores: list[Tensor], geometry: QuadGeometry, batch_size: int | None = None, device: torch.device | None = None
+) -> Tensor:
+    """Indices ``[B, N]`` into the canonical cell layout of the selected tokens, in
+    canonical emission order (side descending, then y, then x)."""
+    mask = token_mask(select_splits(scores, geometry, batch_size, device), geometry)
+    n = geometry.num_patches
+    # Stable descending sort of the boolean mask keeps canonical order among the chosen.
+    idx = torch.sort(mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :n]
+    return idx

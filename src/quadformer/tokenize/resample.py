@@ -1,0 +1,81 @@
+"""Patch resampling and token gathering (spec §5, §6).
+
+Every token carries ``p_min x p_min`` pixels whatever its size: scale ``s`` patches are
+cut from the image resized by ``2**-s``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .geometry import QuadGeometry
+from .quadtree import canonical_scales, cell_tables
+
+Resample = Literal["reference", "area"]
+RESAMPLE_MODES = ("reference", "area")
+
+
+def downscale(images: Tensor, factor: int, resample: Resample = "reference") -> Tensor:
+    """Resize ``[B, C, H, W]`` by ``1/factor`` (``factor`` a power of two).
+
+    ``reference``: bilinear, ``align_corners=False``, no antialias, i.e. each output pixel is
+    the mean of the 2x2 source pixels at the centre of its block (the reference tokenizer's
+    behaviour, so its weights transfer). ``area``: exact block mean.
+    """
+    if factor == 1:
+        return images
+    if resample == "reference":
+        h, w = images.shape[-2:]
+        if factor == 2:
+            # Same values as bilinear at exactly 1/2 (a 2x2 mean), without the interpolation kernel.
+            return F.avg_pool2d(images, 2)
+        # Central 2x2 of each factor x factor block: a strided slice, then a 2x2 mean.
+        c = factor // 2 - 1
+        return F.avg_pool2d(images[..., c : h - (factor - c - 2), c : w - (factor - c - 2)], 2, stride=factor)
+    if resample == "area":
+        return F.avg_pool2d(images, factor)
+    raise ValueError(f"resample={resample!r} is not one of {RESAMPLE_MODES}")
+
+
+def patchify(images: Tensor, patch: int) -> Tensor:
+    """``[B, C, H, W] -> [B, (H/p)(W/p), C*p*p]`` in raster order, channel-major rows
+    (the ``Conv2d`` weight / ``F.unfold`` layout)."""
+    b, c, h, w = images.shape
+    gh, gw = h // patch, w // patch
+    x = images.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, gh * gw, c * patch * patch)
+
+
+def multiscale_patches(images: Tensor, geometry: QuadGeometry, resample: Resample = "reference") -> Tensor:
+    """All cells of all scales as ``[B, M, C*p_min^2]`` in canonical order."""
+    return torch.cat(
+        [patchify(downscale(images, 1 << s, resample), geometry.p_min) for s in canonical_scales(geometry)], 1
+    )
+
+
+def check_images(images: Tensor, geometry: QuadGeometry) -> None:
+    if images.dim() != 4 or tuple(images.shape[-2:]) != (geometry.height, geometry.width):
+        raise ValueError(
+            f"images of shape {tuple(images.shape)} do not match the tokenizer's "
+            f"{geometry.height}x{geometry.width} geometry; resize/crop them to "
+            f"[B, C, {geometry.height}, {geometry.width}] (the tokenizer never resizes)"
+        )
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor, got {images.dtype}")
+
+
+def gather_tokens(
+    images: Tensor, index: Tensor, geometry: QuadGeometry, resample: Resample = "reference"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Pixels, boxes and meta of the cells ``index`` ``[B, N]`` (canonical cell indices).
+
+    The cost is one image pyramid (1.33x the image) plus one gather.
+    """
+    tables = cell_tables(geometry, images.device)
+    all_cells = multiscale_patches(images, geometry, resample)
+    pixels = torch.gather(all_cells, 1, index.unsqueeze(-1).expand(-1, -1, all_cells.shape[-1]))
+    return pixels, tables.boxes[index], tables.meta[index]

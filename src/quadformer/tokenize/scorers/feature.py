@@ -1,0 +1,206 @@
+"""Feature-based scorer (spec §7, the paper's main scorer).
+
+A region deserves small patches if blurring it to the resolution of a bigger patch changes
+what a small frozen CNN sees there: ``map_j = mean_channels (F(blur_j) - F(x))^2``.
+
+Frozen backbone and state dicts: the backbone's parameters are converted to buffers
+(:func:`~.backbones.freeze_as_buffers`), so they never appear in ``parameters()`` (hence in
+no optimizer), yet they are saved and loaded with the scorer: in a parent model that holds
+the scorer as ``self.scorer`` they appear as ``scorer.backbone.<torchvision key>`` (e.g.
+``scorer.backbone.conv1.0.weight``). To restore such a checkpoint, build the scorer with
+``weights="random"`` and load the parent state dict over it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..geometry import QuadGeometry
+from .backbones import SHUFFLENET_TAPS, WEIGHTS_HELP, freeze_as_buffers, load_backbone_weights, read_state_dict, shufflenet_backbone
+from .base import PatchScorer, to_grid
+from .blur import blur
+from .macs import count_macs, module_device_dtype
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _stats(v: Sequence[float], what: str) -> tuple[float, ...]:
+    t = tuple(float(x) for x in v)
+    if len(t) != 3:
+        raise ValueError(f"{what} must have 3 values (RGB), got {t}")
+    return t
+
+
+class FeatureScorer(PatchScorer):
+    """Importance from a frozen backbone's feature change under blur.
+
+    Args:
+        weights: for the default ShuffleNetV2-x0.5 backbone, a local checkpoint file,
+            ``'torchvision:IMAGENET1K_V1'``, ``'timm:<name>'`` (a timm ``features_only``
+            backbone instead) or ``'random'``. ``None`` raises (no silent download). With a
+            custom ``backbone``: ``None``/``'random'`` keeps its weights, a file is loaded
+            strictly into it.
+        backbone: optional custom module ``[B, 3, h, w] -> [B, C', h', w']``.
+        stride: the custom backbone's output stride (default: its ``stride`` attribute).
+        tap_stride: ShuffleNetV2/timm tap: 8 (stage2), 16 (stage3) or 32 (conv5).
+        input_scale: backbone input resized by ``r``; effective stride = stride / r.
+        error: ``'mse'`` (mean squared feature difference) or ``'cosine'`` (1 - cosine).
+        input_mean, input_std: normalisation of the images given to the scorer (the ViT's).
+        backbone_mean, backbone_std: normalisation the backbone expects (default ImageNet,
+            or the timm model's own for ``'timm:'`` weights).
+        p_min: optional, to check the stride rule at construction already.
+        chunk_size: optional cap on images per backbone call (memory), default one call.
+        channels_last: run the backbone in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        *,
+        backbone: nn.Module | None = None,
+        stride: int | None = None,
+        tap_stride: int = 32,
+        input_scale: float = 1.0,
+        error: str = "mse",
+        input_mean: Sequence[float] = IMAGENET_MEAN,
+        input_std: Sequence[float] = IMAGENET_STD,
+        backbone_mean: Sequence[float] | None = None,
+        backbone_std: Sequence[float] | None = None,
+        p_min: int | None = None,
+        chunk_size: int | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if error not in ("mse", "cosine"):
+            raise ValueError(f"error must be 'mse' or 'cosine', got {error!r}")
+        if not input_scale > 0:
+            raise ValueError(f"input_scale must be > 0, got {input_scale}")
+        if backbone is None:
+            backbone = shufflenet_backbone(tap_stride, weights)
+            self.default_taps = True
+        else:
+            self.default_taps = False
+            if isinstance(weights, str) and weights.startswith(("timm:", "torchvision:")):
+                raise ValueError(f"weights={weights!r} names a model; with a custom backbone pass a file or 'random'")
+            if weights is not None and weights != "random":
+                load_backbone_weights(backbone, read_state_dict(weights))
+        stride = stride if stride is not None else getattr(backbone, "stride", None)
+        if stride is None:
+            raise ValueError("a custom backbone needs its output stride: pass stride= or give it a .stride attribute")
+        if backbone_mean is None or backbone_std is None:
+            cfg = getattr(getattr(backbone, "model", None), "pretrained_cfg", None) or {}
+            backbone_mean = backbone_mean or cfg.get("mean", IMAGENET_MEAN)
+            backbone_std = backbone_std or cfg.get("std", IMAGENET_STD)
+        self.backbone = freeze_as_buffers(backbone).eval()
+        self.stride = int(stride)
+        self.input_scale = float(input_scale)
+        self.error = error
+        self.chunk_size = chunk_size
+        self.channels_last = channels_last
+        # x_b = ((x * std_in + mean_in) - mean_b) / std_b = x * a + c
+        m_in, s_in = _stats(input_mean, "input_mean"), _stats(input_std, "input_std")
+        m_b, s_b = _stats(backbone_mean, "backbone_mean"), _stats(backbone_std, "backbone_std")
+        self.convert = (m_in, s_in) != (m_b, s_b)
+        a = torch.tensor([si / sb for si, sb in zip(s_in, s_b)]).view(1, 3, 1, 1)
+        c = torch.tensor([(mi - mb) / sb for mi, mb, sb in zip(m_in, m_b, s_b)]).view(1, 3, 1, 1)
+        self.register_buffer("norm_scale", a, persistent=False)
+        self.register_buffer("norm_shift", c, persistent=False)
+        self._macs: dict[tuple[int, int], int] = {}
+        if p_min is not None:
+            self.check_stride(p_min)
+
+    @property
+    def effective_stride(self) -> float:
+        return self.stride / self.input_scale
+
+    def check_stride(self, p_min: int) -> None:
+        """Spec §7: the feature map must be at least as fine as the scale-1 grid, i.e.
+        effective stride <= 2 * p_min; otherwise say which tap or input scale would do."""
+        eff = self.effective_stride
+        if eff <= 2 * p_min:
+            return
+        need_r = self.stride / (2 * p_min)
+        taps = [s for s in sorted(SHUFFLENET_TAPS) if s / self.input_scale <= 2 * p_min] if self.default_taps else []
+        tap_hint = (
+            f"a shallower tap (tap_stride={taps[-1]} gives effective stride {taps[-1] / self.input_scale:g})"
+            if taps
+            else f"a shallower tap (stride <= {2 * p_min * self.input_scale:g} at input_scale={self.input_scale:g})"
+        )
+        raise ValueError(
+            f"feature scorer: effective backbone stride {eff:g} (stride {self.stride} / input_scale "
+            f"{self.input_scale:g}) exceeds 2*p_min = {2 * p_min} for p_min={p_min}; the feature map would "
+            f"be coarser than the scale-1 grid. Use {tap_hint} or a larger input_scale (>= {need_r:g})"
+        )
+
+    def train(self, mode: bool = True) -> "FeatureScorer":
+        """The backbone stays in eval mode (frozen norm statistics) whatever ``mode``."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def _features(self, x: Tensor) -> Tensor:
+        device, dtype = module_device_dtype(self.backbone)
+        x = x.to(device=device, dtype=dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.chunk_size is None or x.shape[0] <= self.chunk_size:
+            return self.backbone(x)
+        return torch.cat([self.backbone(c) for c in x.split(self.chunk_size)])
+
+    def score(self, images: Tensor, geometry: QuadGeometry, **inputs) -> list[Tensor]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+        self.check_stride(geometry.p_min)
+        b, _, h, w = images.shape
+        n = geometry.num_scales - 1
+        if n == 0:
+            return []
+        with torch.no_grad():
+            x = images.float()
+            if self.convert:
+                x = x * self.norm_scale.to(x.device) + self.norm_shift.to(x.device)
+            batch = torch.cat([x] + [blur(x, j) for j in range(1, n + 1)])
+            if self.input_scale != 1.0:
+                size = (round(h * self.input_scale), round(w * self.input_scale))
+                batch = F.interpolate(
+                    batch, size=size, mode="bilinear", align_corners=False, antialias=self.input_scale < 1
+                )
+            feats = self._features(batch).float().to(images.device)
+            if feats.dim() != 4 or feats.shape[0] != b * (n + 1):
+                raise RuntimeError(f"backbone must return [B, C, h, w], got {tuple(feats.shape)}")
+            ref, blurred = feats[:b], feats[b:].unflatten(0, (n, b))
+            maps = []
+            for j in range(1, n + 1):
+                fj = blurred[j - 1]
+                if self.error == "mse":
+                    m = (fj - ref).square().mean(dim=1)
+                else:
+                    m = 1.0 - F.cosine_similarity(fj, ref, dim=1, eps=1e-8)
+                maps.append(to_grid(m, *geometry.grid(j)))
+        return maps
+
+    def backbone_gmacs(self, height: int, width: int) -> float:
+        """GMACs of one backbone pass on one image of the scorer's input size."""
+        size = (round(height * self.input_scale), round(width * self.input_scale))
+        if size not in self._macs:
+            self._macs[size] = count_macs(self.backbone, *size)
+        return self._macs[size] / 1e9
+
+    def gmacs(self, geometry: QuadGeometry) -> float:
+        """``1 + (L-1)`` backbone passes (the image and its L-1 blurs), counted with hooks over
+        Conv2d/Linear at the actual input size (blur and resizing are negligible)."""
+        if geometry.num_scales == 1:
+            return 0.0  # a uniform grid needs no scores
+        return geometry.num_scales * self.backbone_gmacs(geometry.height, geometry.width)
+
+    def extra_repr(self) -> str:
+        return (
+            f"stride={self.stride}, input_scale={self.input_scale:g}, error={self.error!r}, "
+            f"normalisation_conversion={self.convert}"
+        )

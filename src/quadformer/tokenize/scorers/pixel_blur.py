@@ -1,0 +1,46 @@
+"""Pixel-blur scorer (spec §7): how much detail a patch would lose if it stayed coarse."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..geometry import QuadGeometry
+from .base import PatchScorer
+from .blur import blur
+
+
+class PixelBlurScorer(PatchScorer):
+    """``importance = sqrt(mse * p_s)`` with ``mse`` the per-patch mean (over channels and the
+    ``p_s x p_s`` pixels) of ``(blur_s - x)^2``.
+
+    The factor ``p_s`` deliberately favours big patches. All math is float32 whatever the
+    input dtype, so fp16/bf16 images give the same ranking as float32 ones. No parameters.
+    """
+
+    def score(self, images: Tensor, geometry: QuadGeometry, **inputs) -> list[Tensor]:
+        if images.dim() != 4:
+            raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+        if tuple(images.shape[-2:]) != (geometry.height, geometry.width):
+            raise ValueError(
+                f"images are {images.shape[-2]}x{images.shape[-1]} but the geometry is "
+                f"{geometry.height}x{geometry.width}"
+            )
+        x = images.float()
+        maps = []
+        for s in range(1, geometry.num_scales):
+            p = geometry.patch_size(s)
+            err = (blur(x, s) - x).square_().mean(dim=1, keepdim=True)  # [B, 1, H, W]
+            mse = F.avg_pool2d(err, p).squeeze(1)  # mean over the p x p pixels
+            maps.append(torch.sqrt(mse * p))
+        return maps
+
+    def gmacs(self, geometry: QuadGeometry, channels: int = 3) -> float:
+        """A small honest estimate, not a network's MACs: per scale ``s`` about
+        ``4*C*H*W/4^s`` (bilinear down) ``+ 4*C*H*W`` (bilinear up) ``+ 2*C*H*W`` (squared
+        difference, channel mean and pooling) operations, i.e. ~0.0026 G at 256x256 with L=3,
+        negligible next to one backbone pass."""
+        chw = channels * geometry.height * geometry.width
+        ops = sum(chw * (4 / 4**s + 6) for s in range(1, geometry.num_scales))
+        return ops / 1e9
