@@ -1,0 +1,84 @@
+"""`quadformer tokenize`: outputs and one-line errors (run in-process through main())."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from quadformer.cli.main import main
+from quadformer.tokenize import QuadGeometry
+from quadformer.tokenize.quadtree import cell_tables
+
+from .conftest import REFERENCE_DATA
+
+
+def test_json_and_png(tmp_path, photo_paths):
+    out_json, out_png = tmp_path / "b.json", tmp_path / "m.png"
+    rc = main(["tokenize", *map(str, photo_paths), "--size", "256", "--min-patch", "16", "--max-patch", "64",
+               "--budget", "100", "--json", str(out_json), "--png", str(out_png)])
+    assert rc == 0
+    records = json.loads(out_json.read_text())
+    assert len(records) == len(photo_paths)
+    for r, p in zip(records, photo_paths):
+        assert r["image"] == str(p) and r["size"] == [256, 256] and r["budget"] == 100
+        boxes = np.array(r["boxes"])
+        assert boxes.shape == (100, 4)
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum()
+        assert area == 256 * 256
+        sides = boxes[:, 2] - boxes[:, 0]
+        assert list(sides) == sorted(sides, reverse=True)
+    from PIL import Image
+
+    with Image.open(out_png) as im:
+        assert im.width > 2 * 256 and im.height >= 256 * len(photo_paths)
+
+
+def test_illegal_budget_one_line(capsys, photo_paths):
+    rc = main(["tokenize", str(photo_paths[0]), "--size", "384", "--budget", "100"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "nearest: 99, 102" in err and "Traceback" not in err
+
+
+def test_corrupt_image_names_path(tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    rc = main(["tokenize", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(bad) in err and err.count("\n") == 1
+
+
+def test_precomputed_oracle_maps(tmp_path, photo_paths):
+    npz = REFERENCE_DATA / "oracle_importance_maps" / "oracle_importance_maps.npz"
+    if not npz.exists():
+        npz = tmp_path / "maps.npz"
+        np.savez(npz, **{p.stem: np.random.rand(16, 16).astype(np.float32) for p in photo_paths})
+    out = tmp_path / "b.json"
+    rc = main(["tokenize", *map(str, photo_paths), "--scorer", "precomputed", "--saliency", str(npz),
+               "--budget", "64", "--json", str(out)])
+    assert rc == 0
+    rec = json.loads(out.read_text())[0]
+    # the first split goes to the root containing the hottest oracle cell
+    with np.load(npz) as z:
+        m = torch.from_numpy(z[photo_paths[0].stem])
+    s2 = torch.nn.functional.avg_pool2d(m[None, None], 4)[0, 0]
+    r, c = divmod(int(s2.argmax()), 4)
+    boxes = [tuple(b) for b in rec["boxes"]]
+    assert (c * 64, r * 64, c * 64 + 64, r * 64 + 64) not in boxes  # that root was split
+    g = QuadGeometry(256, 256, 16, 64, 64)
+    allowed = {tuple(b) for b in cell_tables(g).boxes.tolist()}
+    assert set(boxes) <= allowed
+
+
+def test_saliency_without_precomputed_is_an_error(capsys, photo_paths, tmp_path):
+    np.save(tmp_path / "m.npy", np.zeros((16, 16), np.float32))
+    rc = main(["tokenize", str(photo_paths[0]), "--saliency", str(tmp_path / "m.npy")])
+    assert rc == 2 and "--scorer precomputed" in capsys.readouterr().err
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "tokenize" in capsys.readouterr().out
