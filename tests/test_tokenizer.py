@@ -178,3 +178,22 @@ def test_pool_to_tokens_is_block_mean():
         half = 2 ** (s - 1) if s else 0.5
         blk = dense[0, 0, int(yc - half) : int(yc + half), int(xc - half) : int(xc + half)]
         assert pooled[0, n, 0].item() == pytest.approx(blk.mean().item())
+
+
+@pytest.mark.parametrize("pos", ["sincos", "learned_grid"])
+def test_tokenizer_tokens_are_embed_plus_position(pos):
+    tok = Tokenizer((64, 96), 8, 32, num_patches=6 + 3 * 5, embed_dim=16, scorer=FixedScorer(), pos_embed=pos)
+    if pos == "learned_grid":
+        with torch.no_grad():
+            tok.pos_embed.grid.normal_()
+    x = torch.randn(2, 3, 64, 96)
+    tokens, boxes, meta = tok(x)
+    pixels, boxes2, meta2 = mosaic(x, tok.geometry, FixedScorer())
+    assert torch.equal(boxes, boxes2) and torch.equal(meta, meta2)
+    want = tok.patch_embed(pixels) + tok.pos_embed(meta)
+    torch.testing.assert_close(tokens[:, 1:], want, atol=1e-5, rtol=1e-5)
+    keys = list(tok.state_dict())
+    assert len(keys) == len(set(keys)) and all(not k.startswith("pos_table") for k in keys)
+    if pos == "learned_grid":
+        tokens.sum().backward()
+        assert tok.pos_embed.grid.grad is not None and tok.pos_embed.grid.grad.abs().sum() > 0

@@ -196,6 +196,24 @@ def _label_of(spec: TaskSpec, split: str, seed: int, index: int) -> int:
     return int(perm[index % c])
 
 
+def _sample_objects(spec: TaskSpec, index: int, split: str, seed: int) -> tuple[list[int], Any, np.random.Generator]:
+    if index < 0:
+        raise IndexError(f"index must be >= 0, got {index}")
+    rng = _rng(spec, split, seed, index, 2)
+    if spec.label_mode == "single":
+        y = _label_of(spec, split, seed, index)
+        n = int(rng.integers(spec.instances[0], spec.instances[1] + 1))
+        return [y] * n, y, rng
+    if spec.label_mode == "count":
+        y = _label_of(spec, split, seed, index)
+        return [0] * (spec.counts[0] + y), y, rng
+    k = int(rng.integers(spec.instances[0], min(spec.instances[1], spec.num_classes) + 1))
+    classes = sorted(int(c) for c in rng.choice(spec.num_classes, size=k, replace=False))
+    target = np.zeros(spec.num_classes, np.float32)
+    target[classes] = 1.0
+    return classes, target, rng
+
+
 def sample_objects(
     task: str | TaskSpec, index: int, split: str = "train", seed: int = 0
 ) -> tuple[list[int], Any]:
@@ -203,21 +221,7 @@ def sample_objects(
 
     Returns ``(classes, target)``: ``target`` is an ``int`` (single / count) or a float32
     multi-hot ``numpy`` vector (multi)."""
-    spec = get_task(task)
-    if index < 0:
-        raise IndexError(f"index must be >= 0, got {index}")
-    rng = _rng(spec, split, seed, index, 2)
-    if spec.label_mode == "single":
-        y = _label_of(spec, split, seed, index)
-        n = int(rng.integers(spec.instances[0], spec.instances[1] + 1))
-        return [y] * n, y
-    if spec.label_mode == "count":
-        y = _label_of(spec, split, seed, index)
-        return [0] * (spec.counts[0] + y), y
-    k = int(rng.integers(spec.instances[0], min(spec.instances[1], spec.num_classes) + 1))
-    classes = sorted(int(c) for c in rng.choice(spec.num_classes, size=k, replace=False))
-    target = np.zeros(spec.num_classes, np.float32)
-    target[classes] = 1.0
+    classes, target, _ = _sample_objects(get_task(task), index, split, seed)
     return classes, target
 
 
@@ -242,8 +246,7 @@ def generate(
     spec = get_task(task)
     h, w = _hw(image_size)
     fam = spec.object_family
-    classes, target = sample_objects(spec, index, split, seed)
-    rng = _rng(spec, split, seed, index, 3)
+    classes, target, rng = _sample_objects(spec, index, split, seed)  # rendering continues this stream
 
     img = P.render_scene(spec.scene, rng, h, w)
     n_blank = int(rng.integers(spec.blanks[0], spec.blanks[1] + 1))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -59,11 +60,12 @@ def smooth_field(rng: np.random.Generator, h: int, w: int, cells: int, channels:
     short = min(h, w)
     cy = max(2, round(cells * h / short))
     cx = max(2, round(cells * w / short))
-    grid = rng.standard_normal((cy, cx * channels), dtype=_F)
+    grid = rng.standard_normal((cy, cx, channels), dtype=_F)
     ky = _gauss_basis(h, cy, rng)
     kx = _gauss_basis(w, cx, rng)
-    tmp = (ky @ grid).reshape(h, cx, channels).transpose(0, 2, 1)  # [h, ch, cx]
-    out = (tmp @ kx.T).transpose(0, 2, 1)  # [h, w, ch]
+    # explicit broadcasting instead of matmul (no BLAS thread pools for these tiny products)
+    tmp = (ky[:, :, None, None] * grid[None]).sum(1)  # [h, cx, ch]
+    out = (tmp[:, None, :, :] * kx[None, :, :, None]).sum(2)  # [h, w, ch]
     std = float(out.std()) + 1e-6
     return out / std
 
@@ -104,30 +106,66 @@ def _random_colour(rng: np.random.Generator, saturation: float = 1.0) -> np.ndar
     return np.clip(grey + tint, 0.0, 1.0).astype(_F)
 
 
+@lru_cache(maxsize=64)
+def _cubic_taps(n_out: int, n_in: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and weights ``[4, n_out]`` of Keys-cubic (a=-0.5) interpolation from samples at
+    the pixel centres of a ``factor``-times coarser grid (edges replicated)."""
+    src = (np.arange(n_out) + 0.5) / factor - 0.5
+    base = np.floor(src).astype(int)
+    idx, wts = [], []
+    for k in range(-1, 3):
+        t = np.abs(src - (base + k))
+        wgt = np.where(t <= 1, 1.5 * t**3 - 2.5 * t**2 + 1, np.where(t < 2, -0.5 * t**3 + 2.5 * t**2 - 4 * t + 2, 0))
+        idx.append(np.clip(base + k, 0, n_in - 1))
+        wts.append(wgt)
+    wts_a = np.array(wts)
+    wts_a /= wts_a.sum(0, keepdims=True)
+    return np.array(idx), wts_a.astype(_F)
+
+
+def _upsample_cubic(img: np.ndarray, h: int, w: int, factor: int) -> np.ndarray:
+    """Separable cubic up-sampling of ``[lh, lw, C]`` to ``[h, w, C]`` (elementwise numpy only:
+    tiny BLAS calls spin up thread pools and are slower than this on a busy machine)."""
+    iy, wy = _cubic_taps(h, img.shape[0], factor)
+    ix, wx = _cubic_taps(w, img.shape[1], factor)
+    tmp = img[iy[0]] * wy[0][:, None, None]
+    for k in range(1, 4):
+        tmp += img[iy[k]] * wy[k][:, None, None]
+    out = tmp[:, ix[0]] * wx[0][None, :, None]
+    for k in range(1, 4):
+        out += tmp[:, ix[k]] * wx[k][None, :, None]
+    return out
+
+
 def render_scene(style: SceneStyle | str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A low-frequency cluttered background ``[h, w, 3]`` float32 in ``[0, 1]``."""
+    """A low-frequency cluttered background ``[h, w, 3]`` float32 in ``[0, 1]``.
+
+    The scene is evaluated on a 4x coarser grid (2x below 64 px) and brought to full size with
+    a cubic interpolation matrix: it holds no detail finer than a few pixels by construction,
+    and rendering costs a fraction of a millisecond."""
     if isinstance(style, str):
         style = SCENE_STYLES[style]
+    f = 4 if min(h, w) >= 64 else 2
+    lh, lw = -(-h // f), -(-w // f)
     short = float(min(h, w))
-    ys = np.arange(h, dtype=_F)[:, None]
-    xs = np.arange(w, dtype=_F)[None, :]
-    img = np.empty((h, w, 3), dtype=_F)
+    # full-resolution coordinates of the coarse samples
+    ys = ((np.arange(lh, dtype=_F) + 0.5) * f - 0.5)[:, None]
+    xs = ((np.arange(lw, dtype=_F) + 0.5) * f - 0.5)[None, :]
+    img = np.empty((lh, lw, 3), dtype=_F)
     img[...] = _random_colour(rng, style.saturation)
 
     # linear gradient in a random direction
     ang = rng.uniform(0, 2 * math.pi)
-    ramp = ((ys - h / 2) * math.sin(ang) + (xs - w / 2) * math.cos(ang)) / short  # about [-0.7, 0.7]
+    ramp = ((ys - h / 2) * _F(math.sin(ang)) + (xs - w / 2) * _F(math.cos(ang))) / _F(short)
     gcol = (style.saturation * rng.uniform(-1, 1, size=3) + (1 - style.saturation) * rng.uniform(-1, 1))
-    gcol = (gcol * style.gradient).astype(_F)
-    img += ramp[..., None] * gcol
+    img += ramp[..., None] * (gcol * style.gradient).astype(_F)
 
     if style.noise_amp > 0:
         cells = int(rng.integers(style.noise_cells[0], style.noise_cells[1] + 1))
-        field = smooth_field(rng, h, w, cells, 3)
-        mix = np.array([1.0, 1.0, 1.0], _F) * (1 - style.saturation) + style.saturation * np.eye(3, dtype=_F)
-        if style.saturation < 1:
-            field = field @ mix.T
-        img += style.noise_amp * field
+        field = smooth_field(rng, lh, lw, cells, 3)
+        if style.saturation < 1:  # pull the channels towards their mean (less colourful)
+            field = style.saturation * field + (1 - style.saturation) * field.mean(-1, keepdims=True)
+        img += _F(style.noise_amp) * field
 
     # large soft Gaussian blobs (separable)
     for _ in range(int(rng.integers(style.blobs[0], style.blobs[1] + 1))):
@@ -139,35 +177,37 @@ def render_scene(style: SceneStyle | str, rng: np.random.Generator, h: int, w: i
         col = (_random_colour(rng, style.saturation) - 0.5) * _F(0.6)
         img += (gy[:, None] * gx[None, :])[..., None] * col
 
-    # long waves
+    # long waves (period >= a third of the short side)
     for _ in range(int(rng.integers(style.waves[0], style.waves[1] + 1))):
         period = rng.uniform(0.35, 1.0) * short
         a = rng.uniform(0, 2 * math.pi)
         phase = rng.uniform(0, 2 * math.pi)
-        wave = np.sin((ys * math.sin(a) + xs * math.cos(a)) * (2 * math.pi / period) + phase).astype(_F)
+        k = 2 * math.pi / period
+        wave = np.sin(ys * _F(k * math.sin(a)) + xs * _F(k * math.cos(a)) + _F(phase))
         col = (_random_colour(rng, style.saturation) - 0.5) * _F(0.3)
         img += wave[..., None] * col
 
-    # large soft-edged distractor shapes (ellipses / rounded boxes), edge width 3-6 px
+    # large soft-edged distractor shapes (ellipses / boxes), edges a few px wide
     for _ in range(int(rng.integers(style.shapes[0], style.shapes[1] + 1))):
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         a = rng.uniform(*style.shape_size) * short
         b = a * rng.uniform(0.5, 1.0)
         th = rng.uniform(0, math.pi)
-        c, s = math.cos(th), math.sin(th)
-        u = (xs - cx) * c + (ys - cy) * s
-        v = -(xs - cx) * s + (ys - cy) * c
+        c, s = _F(math.cos(th)), _F(math.sin(th))
+        u = (xs - _F(cx)) * c + (ys - _F(cy)) * s
+        v = (ys - _F(cy)) * c - (xs - _F(cx)) * s
         if rng.random() < 0.5:
-            sdf = (np.sqrt((u / a) ** 2 + (v / b) ** 2) - 1.0) * b
+            sdf = (np.sqrt((u / _F(a)) ** 2 + (v / _F(b)) ** 2) - 1) * _F(b)
         else:
-            sdf = np.maximum(np.abs(u) - a, np.abs(v) - b)
+            sdf = np.maximum(np.abs(u) - _F(a), np.abs(v) - _F(b))
         soft = rng.uniform(3.0, 6.0)
-        alpha = (1.0 / (1.0 + np.exp(np.clip(sdf / (0.3 * soft), -30, 30)))).astype(_F)
+        alpha = 1 / (1 + np.exp(np.clip(sdf / _F(0.3 * soft), -30, 30)))
         col = _random_colour(rng, style.saturation)
         img += alpha[..., None] * (col - img) * _F(rng.uniform(0.5, 0.9))
 
-    np.clip(img, 0.0, 1.0, out=img)
-    return img
+    out = _upsample_cubic(img, h, w, f)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 # --------------------------------------------------------------------------- object helpers
@@ -314,7 +354,7 @@ class MicroTextureFamily(ObjectFamily):
         elif cls == 5:
             t = np.sin(k * np.sqrt(u * u + v * v) + ph)
         elif cls == 6:
-            m = max(6, round(2 * math.pi * radius * 0.6 / period))
+            m = max(8, round(2 * math.pi * radius * 0.9 / period))
             t = np.sin(m * np.arctan2(v, u) + ph)
         elif cls == 7:
             n = rng.standard_normal(u.shape).astype(_F)

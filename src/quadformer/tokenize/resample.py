@@ -68,14 +68,51 @@ def check_images(images: Tensor, geometry: QuadGeometry) -> None:
         raise TypeError(f"images must be a floating-point tensor, got {images.dtype}")
 
 
+_OFFSET_CACHE: dict[tuple, Tensor] = {}
+
+
+def pixel_offsets(geometry: QuadGeometry, channels: int, device: torch.device | str = "cpu") -> Tensor:
+    """``[M, C*p_min^2]`` flat offsets of every cell's pixels into the concatenated pyramid
+    (scale L-1 first, each scale's ``[C, H_s, W_s]`` flattened), in token pixel layout.
+    Cached by value: (geometry without budget, channels, device)."""
+    g0 = geometry.with_budget(geometry.n0)
+    key = (g0, channels, str(torch.device(device)))
+    table = _OFFSET_CACHE.get(key)
+    if table is None:
+        p = g0.p_min
+        ch, dy, dx = torch.meshgrid(torch.arange(channels), torch.arange(p), torch.arange(p), indexing="ij")
+        parts, base = [], 0
+        for s in canonical_scales(g0):
+            hs, ws = g0.height >> s, g0.width >> s
+            gh, gw = g0.grid(s)
+            rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+            top = (rows.reshape(-1, 1) * p) * ws + cols.reshape(-1, 1) * p  # [cells, 1]
+            within = (ch * hs * ws + dy * ws + dx).reshape(1, -1)  # [1, C*p*p]
+            parts.append(base + top + within)
+            base += channels * hs * ws
+        table = torch.cat(parts).to(device)
+        _OFFSET_CACHE[key] = table
+    return table
+
+
+def pyramid(images: Tensor, geometry: QuadGeometry, resample: Resample = "reference") -> Tensor:
+    """``[B, sum_s C*H_s*W_s]``: every scale's resampled image, flattened, canonical order."""
+    b = images.shape[0]
+    return torch.cat([downscale(images, 1 << s, resample).reshape(b, -1) for s in canonical_scales(geometry)], 1)
+
+
+def gather_pixels(images: Tensor, index: Tensor, geometry: QuadGeometry, resample: Resample = "reference") -> Tensor:
+    """Pixels ``[B, N, C*p_min^2]`` of the cells ``index`` ``[B, N]`` (canonical cell indices):
+    one image pyramid (1.33x the image) and one gather of the selected pixels only."""
+    b, n = index.shape
+    offsets = pixel_offsets(geometry, images.shape[1], images.device)
+    flat_index = offsets[index].reshape(b, -1)
+    return torch.gather(pyramid(images, geometry, resample), 1, flat_index).view(b, n, -1)
+
+
 def gather_tokens(
     images: Tensor, index: Tensor, geometry: QuadGeometry, resample: Resample = "reference"
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Pixels, boxes and meta of the cells ``index`` ``[B, N]`` (canonical cell indices).
-
-    The cost is one image pyramid (1.33x the image) plus one gather.
-    """
+    """Pixels, boxes and meta of the cells ``index`` ``[B, N]``."""
     tables = cell_tables(geometry, images.device)
-    all_cells = multiscale_patches(images, geometry, resample)
-    pixels = torch.gather(all_cells, 1, index.unsqueeze(-1).expand(-1, -1, all_cells.shape[-1]))
-    return pixels, tables.boxes[index], tables.meta[index]
+    return gather_pixels(images, index, geometry, resample), tables.boxes[index], tables.meta[index]

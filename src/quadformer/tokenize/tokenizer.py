@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from .geometry import QuadGeometry
 from .patch_embed import TokenPatchEmbed
-from .pos_embed import create_pos_embed
-from .quadtree import select_tokens
+from .pos_embed import SinCosPosEmbed, create_pos_embed
+from .quadtree import cell_tables, select_tokens
 from .resample import RESAMPLE_MODES, Resample, check_images, gather_tokens, patchify
 from .scorers.base import PatchScorer
 
@@ -29,16 +29,12 @@ def build_scorer(scorer: str | PatchScorer | None, **kwargs: Any) -> PatchScorer
     return create_scorer(scorer, **kwargs)
 
 
-def mosaic(
-    images: Tensor,
-    geometry: QuadGeometry,
-    scorer: PatchScorer | None,
-    resample: Resample = "reference",
-    **scorer_inputs: Any,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Score, select and resample: ``pixels [B, N, C*p_min^2]``, ``boxes [B, N, 4]`` int64,
-    ``meta [B, N, 3]`` float32, tokens in canonical order. Selection runs without grad.
-    ``scorer=None`` is only legal for L = 1 (a uniform grid needs no scores)."""
+def select(
+    images: Tensor, geometry: QuadGeometry, scorer: PatchScorer | None, **scorer_inputs: Any
+) -> Tensor:
+    """Score and select without grad: indices ``[B, N]`` into the canonical cell layout
+    (see :func:`~quadformer.tokenize.quadtree.cell_tables`), in canonical token order.
+    ``scorer=None`` is only legal when no split is needed (L = 1 or N = N0)."""
     check_images(images, geometry)
     with torch.no_grad():
         if geometry.num_scales == 1 or geometry.num_splits == 0:
@@ -48,8 +44,43 @@ def mosaic(
             raise ValueError("a mixed-resolution mosaic needs a scorer (e.g. scorer='pixel-blur')")
         else:
             scores = scorer(images, geometry, **scorer_inputs)
-        index = select_tokens(scores, geometry, images.shape[0], images.device)
+        return select_tokens(scores, geometry, images.shape[0], images.device)
+
+
+def mosaic(
+    images: Tensor,
+    geometry: QuadGeometry,
+    scorer: PatchScorer | None,
+    resample: Resample = "reference",
+    **scorer_inputs: Any,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Score, select and resample: ``pixels [B, N, C*p_min^2]``, ``boxes [B, N, 4]`` int64,
+    ``meta [B, N, 3]`` float32, tokens in canonical order."""
+    index = select(images, geometry, scorer, **scorer_inputs)
     return gather_tokens(images, index, geometry, resample)
+
+
+class PositionTable:
+    """Position embedding of every cell of a geometry, gathered per token.
+
+    Cells are discrete, so the sin-cos table is computed once per (geometry, device) and a
+    learned grid is sampled at M cells instead of B*N tokens (and stays differentiable).
+    A plain object, not a module, so ``pos_embed`` appears once in the state dict."""
+
+    def __init__(self, pos_embed: nn.Module) -> None:
+        self.pos_embed = pos_embed
+        self._cache: dict[tuple, Tensor] = {}
+
+    def __call__(self, index: Tensor, geometry: QuadGeometry) -> Tensor:
+        meta = cell_tables(geometry, index.device).meta
+        if isinstance(self.pos_embed, SinCosPosEmbed):
+            key = (geometry.with_budget(geometry.n0), str(index.device))
+            table = self._cache.get(key)
+            if table is None:
+                table = self._cache[key] = self.pos_embed(meta)
+        else:
+            table = self.pos_embed(meta.unsqueeze(0))[0]
+        return table[index]
 
 
 class Tokenizer(nn.Module):
@@ -82,6 +113,7 @@ class Tokenizer(nn.Module):
         self.scorer = build_scorer(scorer, **(scorer_kwargs or {}))
         self.patch_embed = TokenPatchEmbed(p_min, in_chans, embed_dim)
         self.pos_embed = create_pos_embed(pos_embed, embed_dim, (h // p_min, w // p_min))
+        self.pos_table = PositionTable(self.pos_embed)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.num_prefix_tokens = int(class_token)
 
@@ -94,8 +126,10 @@ class Tokenizer(nn.Module):
         self.geometry = self.geometry.with_budget(num_patches)
 
     def forward(self, images: Tensor, **scorer_inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
-        pixels, boxes, meta = mosaic(images, self.geometry, self.scorer, self.resample, **scorer_inputs)
-        tokens = self.patch_embed(pixels) + self.pos_embed(meta).to(pixels.dtype)
+        g = self.geometry
+        index = select(images, g, self.scorer, **scorer_inputs)
+        pixels, boxes, meta = gather_tokens(images, index, g, self.resample)
+        tokens = self.patch_embed(pixels) + self.pos_table(index, g).to(pixels.dtype)
         if self.cls_token is not None:
             tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], 1)
         return tokens, boxes, meta

@@ -37,6 +37,18 @@ def _stats(v: Sequence[float], what: str) -> tuple[float, ...]:
     return t
 
 
+def _as_stride(stride: object) -> int:
+    """An int, or a pair of equal ints (e.g. a bare ``nn.Conv2d``'s ``stride``)."""
+    if isinstance(stride, (tuple, list)) and len(stride) == 2 and stride[0] == stride[1]:
+        stride = stride[0]
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(
+            f"a custom backbone needs its output stride as one positive int (got {stride!r}): "
+            "pass stride= or give it a .stride attribute"
+        )
+    return stride
+
+
 class FeatureScorer(PatchScorer):
     """Importance from a frozen backbone's feature change under blur.
 
@@ -90,15 +102,13 @@ class FeatureScorer(PatchScorer):
                 raise ValueError(f"weights={weights!r} names a model; with a custom backbone pass a file or 'random'")
             if weights is not None and weights != "random":
                 load_backbone_weights(backbone, read_state_dict(weights))
-        stride = stride if stride is not None else getattr(backbone, "stride", None)
-        if stride is None:
-            raise ValueError("a custom backbone needs its output stride: pass stride= or give it a .stride attribute")
+        stride = _as_stride(stride if stride is not None else getattr(backbone, "stride", None))
         if backbone_mean is None or backbone_std is None:
             cfg = getattr(getattr(backbone, "model", None), "pretrained_cfg", None) or {}
             backbone_mean = backbone_mean or cfg.get("mean", IMAGENET_MEAN)
             backbone_std = backbone_std or cfg.get("std", IMAGENET_STD)
         self.backbone = freeze_as_buffers(backbone).eval()
-        self.stride = int(stride)
+        self.stride = stride
         self.input_scale = float(input_scale)
         self.error = error
         self.chunk_size = chunk_size

@@ -19,6 +19,10 @@ class PixelBlurScorer(PatchScorer):
     input dtype, so fp16/bf16 images give the same ranking as float32 ones. No parameters.
     """
 
+    def __init__(self, chunk_elements: int = 1 << 20) -> None:
+        super().__init__()
+        self.chunk_elements = chunk_elements  # images per chunk ~ chunk_elements / (C*H*W)
+
     def score(self, images: Tensor, geometry: QuadGeometry, **inputs) -> list[Tensor]:
         if images.dim() != 4:
             raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
@@ -27,13 +31,23 @@ class PixelBlurScorer(PatchScorer):
                 f"images are {images.shape[-2]}x{images.shape[-1]} but the geometry is "
                 f"{geometry.height}x{geometry.width}"
             )
-        x = images.float()
+        # On CPU, small chunks keep the full-resolution temporaries in cache and reuse
+        # allocations (~3x faster than one pass over a large batch); GPUs want one pass.
+        b = images.shape[0]
+        chunk = max(1, self.chunk_elements // max(1, images[0].numel())) if b else 1
+        if images.device.type != "cpu" or b <= chunk:
+            return self._score_chunk(images.float(), geometry)
+        parts = [self._score_chunk(c.float(), geometry) for c in images.split(chunk)]
+        return [torch.cat(maps) for maps in zip(*parts)]
+
+    @staticmethod
+    def _score_chunk(x: Tensor, geometry: QuadGeometry) -> list[Tensor]:
         maps = []
         for s in range(1, geometry.num_scales):
             p = geometry.patch_size(s)
-            err = (blur(x, s) - x).square_().mean(dim=1, keepdim=True)  # [B, 1, H, W]
-            mse = F.avg_pool2d(err, p).squeeze(1)  # mean over the p x p pixels
-            maps.append(torch.sqrt(mse * p))
+            err = blur(x, s).sub_(x).square_()  # (blur_s - x)^2, in place
+            mse = F.avg_pool2d(err, p).mean(dim=1)  # mean over the p x p pixels, then channels
+            maps.append(mse.mul_(p).sqrt_())
         return maps
 
     def gmacs(self, geometry: QuadGeometry, channels: int = 3) -> float:
