@@ -25,6 +25,16 @@ from quadformer.tokenize.scorers import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP threads on a busy 2-core machine
+    can make each op 100x slower; restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def geo(h: int, w: int, p_min: int, p_max: int) -> QuadGeometry:
     return QuadGeometry(h, w, p_min, p_max, (h // p_max) * (w // p_max))
 
@@ -365,9 +375,11 @@ def test_shufflenet_backbone_factory():
 def test_timm_backbone_offline():
     from quadformer.tokenize.scorers import timm_backbone
 
-    bb = timm_backbone("resnet18", tap_stride=8, pretrained=False)
+    bb = timm_backbone("mobilevit_xxs", tap_stride=8, pretrained=False)  # mean 0, std 1
     sc = FeatureScorer(backbone=bb)
-    assert sc.stride == 8
+    assert sc.stride == 8 and sc.convert  # timm's own normalisation is the backbone's default
+    torch.testing.assert_close(sc.norm_scale.flatten(), torch.tensor([0.229, 0.224, 0.225]))
+    torch.testing.assert_close(sc.norm_shift.flatten(), torch.tensor([0.485, 0.456, 0.406]))
     g = geo(32, 32, 4, 16)
     assert [tuple(m.shape) for m in sc(torch.randn(1, 3, 32, 32), g)] == expected_shapes(g, 1)
 
