@@ -245,6 +245,14 @@ def test_feature_stride_rule_messages():
     FeatureScorer("random", tap_stride=16, p_min=8)
 
 
+def test_feature_wrong_input_raises():
+    sc = FeatureScorer("random", tap_stride=8)
+    with pytest.raises(ValueError, match="32x32"):
+        sc(torch.rand(1, 3, 32, 48), geo(32, 32, 4, 16))
+    with pytest.raises(ValueError, match="3, H, W"):
+        sc(torch.rand(1, 1, 32, 32), geo(32, 32, 4, 16))
+
+
 def test_feature_custom_backbone_needs_stride():
     with pytest.raises(ValueError, match="stride="):
         FeatureScorer(backbone=nn.Sequential(nn.Conv2d(3, 4, 4, stride=4)))

@@ -15,6 +15,8 @@ from ..utils.errors import QuadformerError
 # name -> (module, one-line help); modules define add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("quadformer.cli.tokenize_cmd", "cut images into mixed-resolution mosaics (PNG / JSON)"),
+    "train": ("quadformer.cli.train_cmd", "train a model from a YAML config (resumable, torchrun/DDP-ready)"),
+    "eval": ("quadformer.cli.eval_cmd", "evaluate a checkpoint: top-1, GMACs per image, images/s"),
     "demo": ("quadformer.cli.demo", "the main job: run the end-to-end demo on the built-in data"),
 }
 

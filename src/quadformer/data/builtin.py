@@ -339,8 +339,9 @@ class BuiltinDataset(Dataset):
         self.seed = int(seed)
         self.transform = transform
         self.output = output
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        # normalised = uint8 * scale + shift, per channel
+        self._scale = (1.0 / (255.0 * np.asarray(std, np.float32))).reshape(3, 1, 1).astype(np.float32)
+        self._shift = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(3, 1, 1).astype(np.float32)
         self._targets: list | None = None
         self._images: np.ndarray | None = None
         self.cache_path: Path | None = None
@@ -421,13 +422,18 @@ class BuiltinDataset(Dataset):
             from PIL import Image
 
             return Image.fromarray(img)
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+        # numpy for the layout/dtype work: small torch ops can wake intra-op thread pools, which
+        # costs milliseconds per image on a busy machine
+        chw = np.ascontiguousarray(img.transpose(2, 0, 1))
         if self.output == "uint8":
-            return t
-        t = t.float().div_(255.0)
+            return torch.from_numpy(chw)
+        x = chw.astype(np.float32)
         if self.output == "float":
-            return t
-        return (t - self._mean) / self._std
+            x *= np.float32(1 / 255)
+        else:
+            x *= self._scale
+            x += self._shift
+        return torch.from_numpy(x)
 
     def __getitem__(self, index: int):
         if index < 0:

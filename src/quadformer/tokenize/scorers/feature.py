@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import QuadGeometry
+from ._checks import check_images
 from .backbones import SHUFFLENET_TAPS, WEIGHTS_HELP, freeze_as_buffers, load_backbone_weights, read_state_dict, shufflenet_backbone
 from .base import PatchScorer, to_grid
 from .blur import blur
@@ -164,8 +165,7 @@ class FeatureScorer(PatchScorer):
         return torch.cat([self.backbone(c) for c in x.split(self.chunk_size)])
 
     def score(self, images: Tensor, geometry: QuadGeometry, **inputs) -> list[Tensor]:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+        check_images(images, geometry, channels=3)
         self.check_stride(geometry.p_min)
         b, _, h, w = images.shape
         n = geometry.num_scales - 1

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..geometry import QuadGeometry
+from ._checks import check_images
 from .base import PatchScorer
 from .blur import blur
 
@@ -24,13 +25,7 @@ class PixelBlurScorer(PatchScorer):
         self.chunk_elements = chunk_elements  # images per chunk ~ chunk_elements / (C*H*W)
 
     def score(self, images: Tensor, geometry: QuadGeometry, **inputs) -> list[Tensor]:
-        if images.dim() != 4:
-            raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
-        if tuple(images.shape[-2:]) != (geometry.height, geometry.width):
-            raise ValueError(
-                f"images are {images.shape[-2]}x{images.shape[-1]} but the geometry is "
-                f"{geometry.height}x{geometry.width}"
-            )
+        check_images(images, geometry)
         # On CPU, small chunks keep the full-resolution temporaries in cache and reuse
         # allocations (~3x faster than one pass over a large batch); GPUs want one pass.
         b = images.shape[0]

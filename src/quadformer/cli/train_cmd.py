@@ -1,0 +1,37 @@
+"""Train a model (Quadformer, uniform-grid ViT or any timm model) from a YAML config.
+
+Overrides use section.key=value, e.g. optim.lr=3e-4 train.epochs=5 model.num_patches=100.
+Checkpoints (OUT/last.pt) are written atomically every epoch and on Ctrl-C / SIGTERM;
+--resume continues bit for bit. Several processes / machines: launch with torchrun, e.g.
+
+  torchrun --nproc_per_node 2 -m quadformer.cli.main train --config configs/micro_quadformer.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML config (see configs/); defaults apply without one")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                   help="resume from CKPT, or from OUT/last.pt when no path is given")
+    p.add_argument("--out", default=None, help="output folder (same as output.dir=...)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import load_config, train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = list(args.overrides) + ([f"output.dir={args.out}"] if args.out else [])
+    cfg = load_config(args.config, overrides)
+    result = train(cfg, resume=args.resume)
+    if result.get("interrupted"):
+        print(f"interrupted at epoch {result['epoch'] + 1}, step {result['step_in_epoch']}; "
+              f"resume with: quadformer train --config ... --resume")
+        return 130
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    return 0

@@ -1,0 +1,159 @@
+"""Training configuration: nested dataclasses read from YAML, strict about unknown keys,
+with ``section.key=value`` overrides from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..utils.errors import QuadformerError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "quadformer_micro_patch8_128"  # any timm name; quadformer_* / uniform_vit_* are ours
+    num_patches: int | None = 64  # token budget N (None: the model's default)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+    vanilla_checkpoint: str | None = None  # fine-tune from a vanilla timm ViT checkpoint file
+
+
+@dataclass
+class DataConfig:
+    train: str = "builtin:glyphs"  # builtin:<task> | imagefolder:<root> | cifar10:<root> | cifar100:<root>
+    val: str | None = None  # default: the same source's val split
+    train_size: int | None = 6000  # built-in data only
+    val_size: int | None = 1000
+    image_size: int = 128
+    data_seed: int = 0  # which draw of a built-in task
+    batch_size: int = 64  # global batch (divided over DDP processes)
+    num_workers: int = 0
+    cache_dir: str | None = None  # built-in: render once, keep as .npy
+    augment: bool = False  # real data: timm train transform; built-in data needs none
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.1
+    clip_grad: float | None = 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    ema_decay: float = 0.0  # 0 = no EMA
+    checkpoint_every_steps: int = 0  # 0 = at the end of every epoch (and on interrupt) only
+    eval_every_epochs: int = 1
+    progress: bool = True
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/default"
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """Parse an override string with YAML rules, then check it against the default's type."""
+    if isinstance(value, str) and not (isinstance(current, str) and current):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if isinstance(current, str) and isinstance(value, bool):  # YAML 1.1 reads off/on/no as booleans
+        value = {True: "on", False: "off"}[value]
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise QuadformerError(f"{where}={value!r} must be true or false")
+    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif isinstance(current, (int, float, str, dict)) and not isinstance(value, type(current)):
+        raise QuadformerError(f"{where}={value!r} must be of type {type(current).__name__}")
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    names = {f.name: f for f in fields(obj)}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise QuadformerError(
+                f"unknown config key '{where}'; valid keys here: {', '.join(sorted(names))}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise QuadformerError(f"config section '{where}' must be a mapping, got {value!r}")
+            _apply(current, value, f"{where}.")
+        else:
+            setattr(obj, key, _coerce(value, current, where))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=3e-4", "train.epochs=5"]`` -> nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise QuadformerError(f"override {item!r} must look like section.key=value (e.g. optim.lr=3e-4)")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    cfg = Config()
+    if base:
+        _apply(cfg, base)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise QuadformerError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise QuadformerError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise QuadformerError(f"config {p} must be a mapping of sections, got {type(data).__name__}")
+        _apply(cfg, data)
+    _apply(cfg, parse_overrides(overrides or []))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    if cfg.train.amp not in ("auto", "bf16", "fp16", "off"):
+        raise QuadformerError(f"train.amp={cfg.train.amp!r}; use auto, bf16, fp16 or off")
+    if cfg.data.batch_size < 1 or cfg.train.epochs < 1:
+        raise QuadformerError("data.batch_size and train.epochs must be >= 1")
+    if cfg.optim.lr <= 0:
+        raise QuadformerError(f"optim.lr={cfg.optim.lr} must be > 0")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise QuadformerError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)")
