@@ -83,6 +83,11 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
             pass
     if isinstance(current, str) and isinstance(value, bool):  # YAML 1.1 reads off/on/no as booleans
         value = {True: "on", False: "off"}[value]
+    if isinstance(value, str) and isinstance(current, (int, float)) and not isinstance(current, bool):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = float(value) if isinstance(current, float) or not value.lstrip("-").isdigit() else int(value)
+        except ValueError:
+            pass
     if current is None or value is None:
         return value
     if isinstance(current, bool):

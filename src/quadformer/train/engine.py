@@ -505,7 +505,8 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
     if info.is_main:
         final = unwrap(ema.module if ema is not None else model)
         export_weights(final, cfg, data, out / "model.safetensors")
-        summary = {"final": result, "gmacs_per_image": gmacs, "gmacs_convention": convention,
+        summary = {"final": result, "train_seconds": sum(h.get("epoch_seconds", 0.0) for h in history),
+                   "gmacs_per_image": gmacs, "gmacs_convention": convention,
                    "num_classes": data.num_classes, "epochs": cfg.train.epochs, "global_step": global_step}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return {**result, "gmacs": gmacs}
