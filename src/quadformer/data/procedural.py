@@ -335,9 +335,10 @@ class MicroTextureFamily(ObjectFamily):
         "hstripes", "vstripes", "dstripes", "astripes", "checker",
         "rings", "spokes", "speckle", "grid", "dots",
     )
+    period_range = (2.4, 3.6)  # px; 2x down-scaling (Nyquist at 4 px) removes or aliases all of it
 
     def detail(self, cls, rng, u, v, radius):
-        period = rng.uniform(2.4, 3.2)
+        period = rng.uniform(*self.period_range)
         k = _F(2 * math.pi / period)
         ph = _F(rng.uniform(0, 2 * math.pi))
         r2 = _F(math.sqrt(0.5))

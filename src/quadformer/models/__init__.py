@@ -1,6 +1,7 @@
 """Models registered with timm: ``quadformer_*`` (mosaic tokens) and ``uniform_vit_*``
 (vanilla ViT at equal N). Importing this package registers them."""
 
+from . import scorer_backbone  # noqa: F401  (registers shufflenet_v2_x0_5_tv)
 from .quadformer import (
     SIZES,
     Quadformer,
