@@ -205,6 +205,15 @@ def test_feature_shapes(kwargs, h, w, p_min, p_max):
         assert all((m <= 2 + 1e-6).all() for m in maps)
 
 
+def test_feature_chunking_does_not_change_scores(tv_net):
+    g = geo(32, 32, 4, 16)
+    x = torch.randn(5, 3, 32, 32)
+    whole = FeatureScorer(backbone=ShuffleNetTap(tv_net, 8))(x, g)
+    chunked = FeatureScorer(backbone=ShuffleNetTap(tv_net, 8), chunk_size=2, channels_last=True)(x, g)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_feature_maps_equal_unbatched_definition(tv_net):
     """map_j = mean_c (F(blur_j) - F(x))^2, computed pass by pass without the batching."""
     from quadformer.tokenize.scorers import blur

@@ -59,7 +59,8 @@ class FeatureScorer(PatchScorer):
             backbone instead) or ``'random'``. ``None`` raises (no silent download). With a
             custom ``backbone``: ``None``/``'random'`` keeps its weights, a file is loaded
             strictly into it.
-        backbone: optional custom module ``[B, 3, h, w] -> [B, C', h', w']``.
+        backbone: optional custom module ``[B, 3, h, w] -> [B, C', h', w']``, frozen in place
+            (its parameters become buffers).
         stride: the custom backbone's output stride (default: its ``stride`` attribute).
         tap_stride: ShuffleNetV2/timm tap: 8 (stage2), 16 (stage3) or 32 (conv5).
         input_scale: backbone input resized by ``r``; effective stride = stride / r.
@@ -68,7 +69,8 @@ class FeatureScorer(PatchScorer):
         backbone_mean, backbone_std: normalisation the backbone expects (default ImageNet,
             or the timm model's own for ``'timm:'`` weights).
         p_min: optional, to check the stride rule at construction already.
-        chunk_size: optional cap on images per backbone call (memory), default one call.
+        chunk_size: optional number of images scored per backbone call (each call still
+            batches an image with its L-1 blurs); default: the whole batch in one call.
         channels_last: run the backbone in channels-last memory format.
     """
 
@@ -155,44 +157,46 @@ class FeatureScorer(PatchScorer):
         self.backbone.eval()
         return self
 
-    def _features(self, x: Tensor) -> Tensor:
-        device, dtype = module_device_dtype(self.backbone)
-        x = x.to(device=device, dtype=dtype)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.chunk_size is None or x.shape[0] <= self.chunk_size:
-            return self.backbone(x)
-        return torch.cat([self.backbone(c) for c in x.split(self.chunk_size)])
-
     def score(self, images: Tensor, geometry: QuadGeometry, **inputs) -> list[Tensor]:
         check_images(images, geometry, channels=3)
         self.check_stride(geometry.p_min)
-        b, _, h, w = images.shape
-        n = geometry.num_scales - 1
-        if n == 0:
+        if geometry.num_scales == 1:
             return []
         with torch.no_grad():
-            x = images.float()
-            if self.convert:
-                x = x * self.norm_scale.to(x.device) + self.norm_shift.to(x.device)
-            batch = torch.cat([x] + [blur(x, j) for j in range(1, n + 1)])
-            if self.input_scale != 1.0:
-                size = (round(h * self.input_scale), round(w * self.input_scale))
-                batch = F.interpolate(
-                    batch, size=size, mode="bilinear", align_corners=False, antialias=self.input_scale < 1
-                )
-            feats = self._features(batch).float().to(images.device)
-            if feats.dim() != 4 or feats.shape[0] != b * (n + 1):
-                raise RuntimeError(f"backbone must return [B, C, h, w], got {tuple(feats.shape)}")
-            ref, blurred = feats[:b], feats[b:].unflatten(0, (n, b))
-            maps = []
-            for j in range(1, n + 1):
-                fj = blurred[j - 1]
-                if self.error == "mse":
-                    m = (fj - ref).square().mean(dim=1)
-                else:
-                    m = 1.0 - F.cosine_similarity(fj, ref, dim=1, eps=1e-8)
-                maps.append(to_grid(m, *geometry.grid(j)))
+            if self.chunk_size is None or images.shape[0] <= self.chunk_size:
+                return self._score_chunk(images, geometry)
+            parts = [self._score_chunk(c, geometry) for c in images.split(self.chunk_size)]
+            return [torch.cat(maps) for maps in zip(*parts)]
+
+    def _score_chunk(self, images: Tensor, geometry: QuadGeometry) -> list[Tensor]:
+        """The image and its L-1 blurs go through the backbone as one batch."""
+        b, _, h, w = images.shape
+        n = geometry.num_scales - 1
+        x = images.float()
+        if self.convert:
+            x = x * self.norm_scale.to(x.device) + self.norm_shift.to(x.device)
+        batch = torch.cat([x] + [blur(x, j) for j in range(1, n + 1)])
+        if self.input_scale != 1.0:
+            size = (round(h * self.input_scale), round(w * self.input_scale))
+            batch = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=self.input_scale < 1)
+        device, dtype = module_device_dtype(self.backbone)
+        batch = batch.to(device=device, dtype=dtype)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        feats = self.backbone(batch)
+        if not isinstance(feats, Tensor) or feats.dim() != 4 or feats.shape[0] != b * (n + 1):
+            shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
+            raise RuntimeError(f"backbone must return [B, C, h, w] for {b * (n + 1)} images, got {shape}")
+        feats = feats.float().to(images.device)
+        ref, blurred = feats[:b], feats[b:].unflatten(0, (n, b))
+        maps = []
+        for j in range(1, n + 1):
+            fj = blurred[j - 1]
+            if self.error == "mse":
+                m = (fj - ref).square().mean(dim=1)
+            else:
+                m = 1.0 - F.cosine_similarity(fj, ref, dim=1, eps=1e-8)
+            maps.append(to_grid(m, *geometry.grid(j)))
         return maps
 
     def backbone_gmacs(self, height: int, width: int) -> float:
