@@ -176,23 +176,27 @@ def _hf_energy(img_u8: np.ndarray) -> np.ndarray:
     return (g - box.repeat(2, 0).repeat(2, 1)) ** 2
 
 
-@pytest.mark.parametrize("task", ["glyphs", "glyphs-multi", "dice"])
+@pytest.mark.parametrize("task", ["glyphs", "glyphs-multi", "digits", "dice", "lines", "count"])
 def test_high_frequency_energy_is_on_the_objects(task):
-    obj_share, obj_area, top_hits = [], [], 0
-    n = 24
+    share, area, density, top_hits = [], [], [], 0
+    n = 20
     for i in range(n):
         s = generate(task, i, "val", image_size=128, return_mask=True)
         e = _hf_energy(s.image)
         on = s.mask > 0.5
-        obj_share.append(e[on].sum() / e.sum())
-        obj_area.append(on.mean())
+        background = ~on & (s.distractor_mask <= 0.5)
+        share.append(e[on].sum() / e.sum())
+        area.append(on.mean())
+        density.append(e[on].mean() / e[background].mean())
         # pixel-blur style saliency: the 8x8 patch with the most detail holds an object
         pe = e.reshape(16, 8, 16, 8).sum((1, 3))
         py, px = np.unravel_index(pe.argmax(), pe.shape)
         top_hits += s.mask[py * 8:(py + 1) * 8, px * 8:(px + 1) * 8].max() > 0.5
-    assert np.mean(obj_area) < 0.1  # small objects...
-    assert np.median(obj_share) > 0.6  # ...hold most of the detail, blanks and clutter included
-    assert top_hits >= n - 1
+    assert np.mean(area) < 0.06  # small objects...
+    assert np.median(density) > 20  # ...with far denser detail than the scene
+    assert top_hits >= 0.85 * n
+    if task.startswith("glyphs"):  # upstream: most of all detail, blanks and clutter included
+        assert np.median(share) > 0.6
 
 
 def test_half_resolution_removes_the_micro_texture():

@@ -308,7 +308,8 @@ class CIFARDataset(Dataset):
         meta = folder / spec["meta"]
         if meta.is_file():
             try:
-                names = list(_unpickle(meta)[spec["names_key"] if label == "fine" else "coarse_label_names"])
+                raw = _unpickle(meta)[spec["names_key"] if label == "fine" else "coarse_label_names"]
+                names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in raw]
             except Exception as e:  # noqa: BLE001 -- meta is optional
                 log.warning("could not read class names from %s (%s); using numbers", meta, e)
         self.classes = names if names and len(names) == n_cls else [f"class_{i}" for i in range(n_cls)]

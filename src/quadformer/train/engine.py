@@ -87,17 +87,20 @@ class DataBundle:
 
 def build_dataset(source: str, split: str, size: int | None, augment: bool, image_size: int, seed: int,
                   cache_dir: str | None) -> Dataset:
-    if source.startswith("builtin:"):
-        from ..data.builtin import BuiltinDataset
-
-        try:
-            return BuiltinDataset(source.split(":", 1)[1], split, size=size, image_size=image_size, seed=seed,
-                                  cache_dir=cache_dir)
-        except KeyError as e:
-            raise QuadformerError(str(e.args[0]) if e.args else str(e)) from None
+    """One split of a data source. Real data gets timm's training augmentation only when
+    ``augment`` (else the evaluation transform); built-in data needs none."""
     from ..data import build_dataset as factory
+    from ..data import create_transforms
 
-    return factory(source, split, image_size=image_size, augment=augment)
+    real = not source.startswith("builtin:")
+    transform: Any = "auto"
+    if real and not (augment and split == "train"):
+        transform = create_transforms(image_size, is_training=False)
+    try:
+        return factory(source, split, image_size, transform=transform, size=size, seed=seed,
+                       cache_dir=None if real else cache_dir)
+    except KeyError as e:
+        raise QuadformerError(str(e.args[0]) if e.args else str(e)) from None
 
 
 def build_data(cfg: Config) -> DataBundle:
