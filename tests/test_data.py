@@ -23,7 +23,6 @@ from quadformer.data import (
     register_task,
     sample_objects,
 )
-from quadformer.data import procedural as P
 
 
 def _digest(a: np.ndarray) -> str:
@@ -311,6 +310,21 @@ def test_imagefolder_verify_at_scan_time(tmp_path, caplog):
     x, y = ds[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
     assert ds.targets == [0, 0, 0, 1, 1, 1]
+
+
+def test_imagefolder_truncated_file_passes_verify_but_is_skipped_at_load(tmp_path, caplog):
+    root = tmp_path / "data"
+    _write_folder(root, corrupt=False)
+    arr = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    full = root / "dog" / "big.jpg"
+    Image.fromarray(arr).save(full, quality=95)
+    full.write_bytes(full.read_bytes()[: full.stat().st_size // 2])  # header intact, data cut
+    ds = ImageFolderDataset(root, verify=True)
+    assert ds.num_skipped == 0 and len(ds) == 7
+    i = [p for p, _ in ds.samples].index(str(full))
+    with caplog.at_level(logging.WARNING, logger="quadformer.data.folders"):
+        ds[i]
+    assert ds.skipped_paths == [str(full)] and "big.jpg" in caplog.text
 
 
 def test_imagefolder_errors(tmp_path):

@@ -84,6 +84,19 @@ def _pixel_blur_loop(img: np.ndarray, g: QuadGeometry) -> list[np.ndarray]:
     return out
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (1, 3, 8, 24), (2, 3, 32, 64), (1, 2, 8, 8)])
+def test_fast_cpu_blur_equals_interpolate(shape):
+    """The closed-form CPU blur = F.interpolate down/up (bilinear, align_corners=False)."""
+    from quadformer.tokenize.scorers.blur import blur, blur_reference
+
+    x = torch.randn(shape)
+    for s in (1, 2, 3):
+        if shape[-2] % 2**s == 0 and shape[-1] % 2**s == 0:
+            torch.testing.assert_close(blur(x, s), blur_reference(x, s), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="divisible"):
+        blur(torch.zeros(1, 3, 12, 12), 3)
+
+
 @pytest.mark.parametrize("h,w,p_min,p_max", [(16, 16, 2, 8), (8, 16, 2, 8), (32, 16, 4, 16)])
 def test_pixel_blur_matches_per_patch_loop(h, w, p_min, p_max):
     g = geo(h, w, p_min, p_max)
@@ -209,7 +222,7 @@ def test_feature_chunking_does_not_change_scores(tv_net):
     g = geo(32, 32, 4, 16)
     x = torch.randn(5, 3, 32, 32)
     whole = FeatureScorer(backbone=ShuffleNetTap(tv_net, 8))(x, g)
-    chunked = FeatureScorer(backbone=ShuffleNetTap(tv_net, 8), chunk_size=2, channels_last=True)(x, g)
+    chunked = FeatureScorer(backbone=ShuffleNetTap(tv_net, 8), chunk_size=2, channels_last=False)(x, g)
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
@@ -449,6 +462,24 @@ def test_precomputed_errors():
         PrecomputedScorer()(x, g, saliency=torch.rand(3, 8, 8))
 
 
+def test_precomputed_with_reference_oracle_maps():
+    """The authors' Grad-CAM oracle maps ([16, 16] per 256x256 crop, p_min = 16 grid)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "quadformer_reference_data"
+    files = sorted((root / "oracle_importance_maps").glob("*.pt"))
+    if not files:
+        pytest.skip("reference oracle maps not available")
+    sal = torch.stack([torch.load(f, weights_only=True) for f in files])
+    g = QuadGeometry(256, 256, 16, 64, 100)
+    m1, m2 = PrecomputedScorer()(torch.zeros(len(files), 3, 256, 256), g, saliency=sal)
+    assert m1.shape == (len(files), 8, 8) and m2.shape == (len(files), 4, 4)
+    torch.testing.assert_close(m1, F.avg_pool2d(sal.float().unsqueeze(1), 2).squeeze(1))
+    torch.testing.assert_close(m2, F.avg_pool2d(sal.float().unsqueeze(1), 4).squeeze(1))
+    with pytest.raises(ValueError, match="coarser"):  # p_min = 4: the scale-1 grid is 32x32
+        PrecomputedScorer()(torch.zeros(len(files), 3, 256, 256), QuadGeometry(256, 256, 4, 16, 256), saliency=sal)
+
+
 def test_precomputed_no_caching_after_in_place_edit():
     g = geo(32, 32, 4, 16)
     x = torch.zeros(1, 3, 32, 32)
@@ -584,6 +615,9 @@ def test_gradcam_oracle_scorer(cnn):
     assert [tuple(m.shape) for m in maps] == expected_shapes(g, 2)
     cam = grad_cam(cnn, cnn.features, x, labels)
     torch.testing.assert_close(maps[0], F.avg_pool2d(cam.unsqueeze(1), 2).squeeze(1))
+    with torch.inference_mode():
+        for m, r in zip(sc(x, g, labels=labels), maps):
+            torch.testing.assert_close(m, r)
     with pytest.raises(ValueError, match="labels"):
         sc(x, g)
     assert not any(k.startswith("_target") for k in sc.state_dict())

@@ -28,7 +28,6 @@ DEFAULT_RUNS = [
     ("vanilla", "uniform_vit_micro_patch8_128", 64),
     ("quadformer", "quadformer_micro_patch8_128", 64),
     ("quadformer", "quadformer_micro_patch8_128", 100),
-    ("vanilla", "uniform_vit_micro_patch8_128", 100),
     ("vanilla", "uniform_vit_micro_patch8_128", 256),
 ]
 QUICK_RUNS = DEFAULT_RUNS[:2]
@@ -37,11 +36,13 @@ QUICK_RUNS = DEFAULT_RUNS[:2]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default outputs/demo)")
     p.add_argument("--task", default="glyphs", help="built-in task (default glyphs)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 8; 2 with --quick)")
-    p.add_argument("--train-size", type=int, default=None, help="training images (default 4000; 512 with --quick)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 2; 1 with --quick)")
+    p.add_argument("--train-size", type=int, default=None,
+                   help="training images (default 7500; 512 with --quick). Fresh procedural images beat "
+                        "repeated epochs: a micro ViT memorises a small set before it learns the textures")
     p.add_argument("--test-size", type=int, default=1000, help="test images (default 1000)")
     p.add_argument("--budgets", type=int, nargs="+", default=None,
-                   help="run both families at these N only (default: 64 and 100, plus vanilla at 256)")
+                   help="run both families at these N only (default: vanilla 64 and 256, Quadformer 64 and 100)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--quick", action="store_true", help="two small runs, for a smoke test")
     p.add_argument("--seed", type=int, default=0)
@@ -63,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    epochs = args.epochs or (2 if args.quick else 8)
-    train_size = args.train_size or (512 if args.quick else 4000)
+    epochs = args.epochs or (1 if args.quick else 2)
+    train_size = args.train_size or (512 if args.quick else 7500)
     out: Path = args.out
     cache = out / "cache"
     test = build_dataset(f"builtin:{args.task}", "test", args.test_size, False, 128, 0, str(cache))
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             f"model.name={name}", f"model.num_patches={n}", f"data.train=builtin:{args.task}",
             f"data.train_size={train_size}", "data.val_size=500", "data.image_size=128", "data.batch_size=64",
             f"data.cache_dir={cache}", f"train.epochs={epochs}", f"seed={args.seed}", f"output.dir={run_dir}",
-            "optim.lr=1e-3", "optim.warmup_epochs=1", "optim.weight_decay=0.05",
+            "optim.lr=2e-3", "optim.warmup_epochs=0.5", "optim.weight_decay=0.05",
+            "model.kwargs={global_pool: avg}",  # mean pooling trains small ViTs faster than a cls token
         ]
         cfg = load_config(None, overrides)
         summary = run_dir / "summary.json"

@@ -147,7 +147,7 @@ def list_tasks() -> list[str]:
 
 
 for _spec in (
-    TaskSpec("glyphs", "microtex", "clutter", "single", 1000, instances=(1, 2), blanks=(1, 3), upstream=True,
+    TaskSpec("glyphs", "microtex", "clutter", "single", 1000, instances=(1, 3), blanks=(1, 3), upstream=True,
              description="upstream: 10 micro-texture classes (stripe orientation, checker, rings, ...)"),
     TaskSpec("glyphs-multi", "microtex", "clutter", "multi", 2000, instances=(1, 3), blanks=(0, 2), upstream=True,
              description="upstream objects, 1-3 distinct classes per image, multi-hot"),
@@ -265,8 +265,8 @@ def generate(
         s = drawn.alpha.shape[0]
         P.composite(img, drawn, int(round(cy)) - s // 2, int(round(cx)) - s // 2,
                     mask if cls is not None else dmask)
-    P.add_pixel_noise(img, rng, P.SCENE_STYLES[spec.scene].pixel_noise)
-    return Sample(P.to_uint8(img), target, mask, dmask)
+    image = P.to_uint8(img, rng, P.SCENE_STYLES[spec.scene].pixel_noise)
+    return Sample(image, target, mask, dmask)
 
 
 # --------------------------------------------------------------------------- dataset

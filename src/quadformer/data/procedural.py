@@ -128,13 +128,14 @@ def _upsample_cubic(img: np.ndarray, h: int, w: int, factor: int) -> np.ndarray:
     tiny BLAS calls spin up thread pools and are slower than this on a busy machine)."""
     iy, wy = _cubic_taps(h, img.shape[0], factor)
     ix, wx = _cubic_taps(w, img.shape[1], factor)
-    tmp = img[iy[0]] * wy[0][:, None, None]
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1))  # long contiguous inner loops
+    tmp = chw[:, :, ix[0]] * wx[0]
     for k in range(1, 4):
-        tmp += img[iy[k]] * wy[k][:, None, None]
-    out = tmp[:, ix[0]] * wx[0][None, :, None]
+        tmp += chw[:, :, ix[k]] * wx[k]
+    out = tmp[:, iy[0]] * wy[0][:, None]
     for k in range(1, 4):
-        out += tmp[:, ix[k]] * wx[k][None, :, None]
-    return out
+        out += tmp[:, iy[k]] * wy[k][:, None]
+    return np.ascontiguousarray(out.transpose(1, 2, 0))
 
 
 def render_scene(style: SceneStyle | str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -264,8 +265,8 @@ def _segment_dist(u: np.ndarray, v: np.ndarray, segs: np.ndarray) -> np.ndarray:
 
 def _plate_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two contrasting colours (``ink``, ``paper``) in random order of brightness."""
-    c = rng.uniform(0.35, 0.6)
-    lo = rng.uniform(0.05, 0.95 - c)
+    c = rng.uniform(0.45, 0.7)
+    lo = rng.uniform(0.03, 0.97 - c)
     jitter = rng.uniform(-0.12, 0.12, size=(2, 3))
     a = np.clip(lo + jitter[0], 0, 1)
     b = np.clip(lo + c + jitter[1], 0, 1)
@@ -336,6 +337,8 @@ class MicroTextureFamily(ObjectFamily):
         "rings", "spokes", "speckle", "grid", "dots",
     )
     period_range = (2.4, 3.6)  # px; 2x down-scaling (Nyquist at 4 px) removes or aliases all of it
+    size_range = (14.0, 20.0)
+    max_rotation = math.radians(12)
 
     def detail(self, cls, rng, u, v, radius):
         period = rng.uniform(*self.period_range)
@@ -534,21 +537,35 @@ def composite(img: np.ndarray, drawn: Drawn, y0: int, x0: int, mask: np.ndarray 
 _NOISE_BANK: np.ndarray | None = None
 
 
+def _noise_bank() -> np.ndarray:
+    global _NOISE_BANK
+    if _NOISE_BANK is None:
+        _NOISE_BANK = np.random.default_rng(1234).standard_normal((384, 384, 3), dtype=_F)
+    return _NOISE_BANK
+
+
 def add_pixel_noise(img: np.ndarray, rng: np.random.Generator, std: float) -> None:
     """Add white noise in place. Images up to 256 px take a random window of a fixed noise
     bank (fast and deterministic); larger ones draw fresh noise."""
-    global _NOISE_BANK
-    if std <= 0:
-        return
-    h, w = img.shape[:2]
+    if std > 0:
+        img += _noise_window(rng, img.shape, std)
+
+
+def _noise_window(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
+    h, w = shape[:2]
     if h <= 256 and w <= 256:
-        if _NOISE_BANK is None:
-            _NOISE_BANK = np.random.default_rng(1234).standard_normal((384, 384, 3), dtype=_F)
         oy, ox = int(rng.integers(0, 385 - h)), int(rng.integers(0, 385 - w))
-        img += _NOISE_BANK[oy:oy + h, ox:ox + w] * _F(std)
-    else:
-        img += rng.standard_normal(img.shape, dtype=_F) * _F(std)
+        win = _noise_bank()[oy:oy + h, ox:ox + w]
+        return win * _F(std)
+    return rng.standard_normal(shape, dtype=_F) * _F(std)
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+def to_uint8(img: np.ndarray, rng: np.random.Generator | None = None, noise_std: float = 0.0) -> np.ndarray:
+    """Quantise a ``[0, 1]`` float image to uint8 (round to nearest), optionally adding white
+    noise of ``noise_std`` (in ``[0, 1]`` units) first, in one pass."""
+    x = img * _F(255.0)
+    if noise_std > 0 and rng is not None:
+        x += _noise_window(rng, img.shape, 255.0 * noise_std)
+    x += _F(0.5)
+    np.clip(x, 0.0, 255.0, out=x)
+    return x.astype(np.uint8)

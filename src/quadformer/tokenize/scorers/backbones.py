@@ -80,7 +80,9 @@ def _torchvision_shufflenet(weights_name: str | None) -> nn.Module:
         enum = ShuffleNet_V2_X0_5_Weights[key]
     except KeyError:
         valid = ", ".join(ShuffleNet_V2_X0_5_Weights.__members__)
-        raise ValueError(f"unknown torchvision weights {weights_name!r} for shufflenet_v2_x0_5; valid: {valid}") from None
+        raise ValueError(
+            f"unknown torchvision weights {weights_name!r} for shufflenet_v2_x0_5; valid: {valid}"
+        ) from None
     return shufflenet_v2_x0_5(weights=enum)
 
 

@@ -3,19 +3,73 @@
 ``blur_s = up(down(x, (H/2^s, W/2^s)), (H, W))``, both bilinear, ``align_corners=False``,
 no antialias: what the image looks like when every region is represented by ``p_s`` patches
 resampled to ``p_min`` pixels (spec §5, ``resample="reference"``).
+
+On CPU, ``F.interpolate``'s generic bilinear kernel is slow (~3 ns per output pixel), so an
+integer factor ``f`` is resampled with its closed form instead (~5x faster, equal up to float
+rounding, |diff| < 1e-6): down-sampling averages the two middle source pixels of each
+``f``-block per axis (source coordinate ``o*f + f/2 - 0.5``); up-sampling gives output
+``i*f + k`` the two-tap mix of small pixels ``i-1, i`` or ``i, i+1`` at offset
+``(k + 0.5)/f - 0.5``, with edge pixels replicated (the clamping of ``align_corners=False``).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
+def _up_taps(f: int) -> list[tuple[int, float]]:
+    """For each offset ``k`` in an ``f``-block: (start in the edge-padded axis, weight of the
+    next pixel)."""
+    taps = []
+    for k in range(f):
+        src = (k + 0.5) / f - 0.5  # source coordinate relative to the block's small pixel
+        lo = -1 if src < 0 else 0
+        taps.append((lo + 1, src - lo))
+    return taps
+
+
+def _up_cols(s: Tensor, f: int) -> Tensor:
+    n = s.shape[-1]
+    sp = torch.cat([s[..., :1], s, s[..., -1:]], dim=-1)
+    out = s.new_empty(*s.shape, f)
+    for k, (o, w) in enumerate(_up_taps(f)):
+        torch.lerp(sp[..., o:o + n], sp[..., o + 1:o + 1 + n], w, out=out[..., k])
+    return out.flatten(-2)
+
+
+def _up_rows(s: Tensor, f: int) -> Tensor:
+    n = s.shape[-2]
+    sp = torch.cat([s[..., :1, :], s, s[..., -1:, :]], dim=-2)
+    out = s.new_empty(*s.shape[:-1], f, s.shape[-1])
+    for k, (o, w) in enumerate(_up_taps(f)):
+        torch.lerp(sp[..., o:o + n, :], sp[..., o + 1:o + 1 + n, :], w, out=out[..., k, :])
+    return out.flatten(-3, -2)
+
+
+def _down(x: Tensor, f: int) -> Tensor:
+    a, b = f // 2 - 1, f // 2  # the two middle pixels of each f-block (f even)
+    cols = torch.lerp(x[..., a::f], x[..., b::f], 0.5)
+    return torch.lerp(cols[..., a::f, :], cols[..., b::f, :], 0.5)
+
+
 def blur(images: Tensor, scale: int) -> Tensor:
-    """Down- then up-sample ``images [B, C, H, W]`` by ``2**scale`` (bilinear, no antialias)."""
+    """Down- then up-sample ``images [B, C, H, W]`` by ``2**scale`` (bilinear,
+    ``align_corners=False``, no antialias). Floating input; output has its dtype."""
     h, w = images.shape[-2:]
     f = 1 << scale
-    if h % f or w % f:
-        raise ValueError(f"image size {h}x{w} is not divisible by 2**{scale}={f}")
+    if scale < 1 or h % f or w % f:
+        raise ValueError(f"image size {h}x{w} is not divisible by 2**{scale}={f} (scale must be >= 1)")
+    if images.device.type == "cpu":
+        return _up_rows(_up_cols(_down(images, f), f), f)
+    small = F.interpolate(images, size=(h // f, w // f), mode="bilinear", align_corners=False, antialias=False)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+
+
+def blur_reference(images: Tensor, scale: int) -> Tensor:
+    """``blur`` with ``F.interpolate`` on every device (for tests and parity checks)."""
+    h, w = images.shape[-2:]
+    f = 1 << scale
     small = F.interpolate(images, size=(h // f, w // f), mode="bilinear", align_corners=False, antialias=False)
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=False)

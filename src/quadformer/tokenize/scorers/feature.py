@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..geometry import QuadGeometry
 from ._checks import check_images
-from .backbones import SHUFFLENET_TAPS, WEIGHTS_HELP, freeze_as_buffers, load_backbone_weights, read_state_dict, shufflenet_backbone
+from .backbones import SHUFFLENET_TAPS, freeze_as_buffers, load_backbone_weights, read_state_dict, shufflenet_backbone
 from .base import PatchScorer, to_grid
 from .blur import blur
 from .macs import count_macs, module_device_dtype
@@ -69,10 +69,14 @@ class FeatureScorer(PatchScorer):
         backbone_mean, backbone_std: normalisation the backbone expects (default ImageNet,
             or the timm model's own for ``'timm:'`` weights).
         p_min: optional, to check the stride rule at construction already.
-        chunk_size: optional number of images scored per backbone call (each call still
-            batches an image with its L-1 blurs); default: the whole batch in one call.
-        channels_last: run the backbone in channels-last memory format.
+        chunk_size: images scored per backbone call (each call still batches the images
+            with their L-1 blurs). ``None``: 8 on CPU (smaller temporaries, ~1.5x faster
+            than a 64-image call), the whole batch on other devices.
+        channels_last: backbone input in channels-last memory format; ``None``: on CPU
+            only, where it made ShuffleNetV2 ~1.5-2x faster in our measurements.
     """
+
+    CPU_CHUNK = 8
 
     def __init__(
         self,
@@ -89,13 +93,15 @@ class FeatureScorer(PatchScorer):
         backbone_std: Sequence[float] | None = None,
         p_min: int | None = None,
         chunk_size: int | None = None,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         if error not in ("mse", "cosine"):
             raise ValueError(f"error must be 'mse' or 'cosine', got {error!r}")
         if not input_scale > 0:
             raise ValueError(f"input_scale must be > 0, got {input_scale}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         if backbone is None:
             backbone = shufflenet_backbone(tap_stride, weights)
             self.default_taps = True
@@ -163,9 +169,12 @@ class FeatureScorer(PatchScorer):
         if geometry.num_scales == 1:
             return []
         with torch.no_grad():
-            if self.chunk_size is None or images.shape[0] <= self.chunk_size:
+            chunk = self.chunk_size
+            if chunk is None:
+                chunk = self.CPU_CHUNK if images.device.type == "cpu" else images.shape[0]
+            if images.shape[0] <= chunk:
                 return self._score_chunk(images, geometry)
-            parts = [self._score_chunk(c, geometry) for c in images.split(self.chunk_size)]
+            parts = [self._score_chunk(c, geometry) for c in images.split(chunk)]
             return [torch.cat(maps) for maps in zip(*parts)]
 
     def _score_chunk(self, images: Tensor, geometry: QuadGeometry) -> list[Tensor]:
@@ -178,10 +187,12 @@ class FeatureScorer(PatchScorer):
         batch = torch.cat([x] + [blur(x, j) for j in range(1, n + 1)])
         if self.input_scale != 1.0:
             size = (round(h * self.input_scale), round(w * self.input_scale))
-            batch = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=self.input_scale < 1)
+            batch = F.interpolate(
+                batch, size=size, mode="bilinear", align_corners=False, antialias=self.input_scale < 1
+            )
         device, dtype = module_device_dtype(self.backbone)
         batch = batch.to(device=device, dtype=dtype)
-        if self.channels_last:
+        if self.channels_last or (self.channels_last is None and device.type == "cpu"):
             batch = batch.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(batch)
         if not isinstance(feats, Tensor) or feats.dim() != 4 or feats.shape[0] != b * (n + 1):

@@ -50,8 +50,9 @@ def grad_cam(
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            x = images.detach().requires_grad_(True)  # so the graph exists even if params are frozen
+        # also works when called under no_grad or inference_mode (as scorers are)
+        with torch.inference_mode(False), torch.enable_grad():
+            x = images.detach().clone().requires_grad_(True)  # a graph even if params are frozen
             logits = model(x)
             if logits.dim() != 2 or logits.shape[0] != images.shape[0]:
                 raise ValueError(f"model must return logits [B, classes], got {tuple(logits.shape)}")

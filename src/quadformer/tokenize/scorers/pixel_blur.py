@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..geometry import QuadGeometry
@@ -41,7 +40,9 @@ class PixelBlurScorer(PatchScorer):
         for s in range(1, geometry.num_scales):
             p = geometry.patch_size(s)
             err = blur(x, s).sub_(x).square_()  # (blur_s - x)^2, in place
-            mse = F.avg_pool2d(err, p).mean(dim=1)  # mean over the p x p pixels, then channels
+            b, c, h, w = err.shape
+            # mean over channels and the p x p pixels (a view: cheaper than avg_pool2d)
+            mse = err.view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
             maps.append(mse.mul_(p).sqrt_())
         return maps
 

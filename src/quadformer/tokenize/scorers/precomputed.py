@@ -42,7 +42,8 @@ def maps_to_grids(
                 f"saliency [B, S, h, w] must have S = L-1 = {n} maps (one per splittable scale) "
                 f"or S = 1, got S = {saliency.shape[1]}"
             )
-        maps = [_check_map(saliency[:, min(i, saliency.shape[1] - 1)], batch, f"saliency[:, {i}]") for i in range(n)]
+        last = saliency.shape[1] - 1  # S = 1: the same map for every scale
+        maps = [_check_map(saliency[:, min(i, last)], batch, f"saliency[:, {i}]") for i in range(n)]
     elif isinstance(saliency, Sequence) and not isinstance(saliency, Tensor):
         if len(saliency) != n:
             raise ValueError(f"saliency list must have L-1 = {n} maps (scales 1..{n}), got {len(saliency)}")
@@ -58,7 +59,13 @@ class PrecomputedScorer(PatchScorer):
     Grad-CAM). One map serves all scales or one per scale; finer maps are average-pooled
     (integer ratio) or bilinearly resampled, coarser maps and NaN raise ``ValueError``."""
 
-    def score(self, images: Tensor, geometry: QuadGeometry, saliency: Tensor | Sequence[Tensor] | None = None, **inputs) -> list[Tensor]:
+    def score(
+        self,
+        images: Tensor,
+        geometry: QuadGeometry,
+        saliency: Tensor | Sequence[Tensor] | None = None,
+        **inputs,
+    ) -> list[Tensor]:
         if saliency is None:
             raise ValueError(
                 "PrecomputedScorer needs the maps with each call: scorer(images, geometry, saliency=maps) "
