@@ -132,3 +132,27 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     b = list(csv.DictReader(open(tmp_path / "two" / "metrics.csv")))[0]
     assert float(a["val_top1"]) == pytest.approx(float(b["val_top1"]), abs=1e-6)
     assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-4)
+
+
+def test_corrupt_imagefolder_file_is_skipped_and_counted(tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4)):
+        for c in ("cat", "dog"):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    bad = root / "train" / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    cfg = cfg_for(tmp_path / "run", f"data.train=imagefolder:{root}", "data.train_size=null", "data.val_size=null",
+                  "train.epochs=1")
+    with caplog.at_level("WARNING"):
+        res = train(cfg)
+    assert res["val_top1"] >= 0
+    assert str(bad) in caplog.text
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert rows[0]["skipped_files"] == "1"

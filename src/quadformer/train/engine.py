@@ -262,7 +262,7 @@ class MetricsLog:
     """metrics.csv (append, one row per epoch) + TensorBoard scalars, on the main process."""
 
     FIELDS = ["epoch", "global_step", "lr", "train_loss", "val_loss", "val_top1", "val_top1_ema",
-              "epoch_seconds", "train_images_per_s"]
+              "epoch_seconds", "train_images_per_s", "skipped_files"]
 
     def __init__(self, out: Path, tensorboard: bool, enabled: bool) -> None:
         self.enabled = enabled
@@ -491,6 +491,11 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
             row: dict[str, Any] = {"epoch": epoch, "global_step": global_step, "lr": optimizer.param_groups[0]["lr"],
                                    "train_loss": _mean_over_ranks(loss_sum, seen // per_rank, info),
                                    "epoch_seconds": elapsed, "train_images_per_s": seen * info.world_size / max(elapsed, 1e-9)}
+            skipped = _skipped(data.train, info)
+            if skipped:
+                row["skipped_files"] = skipped
+                if info.is_main:
+                    log.warning("%d unreadable training files skipped so far (see the warnings above for paths)", skipped)
             if epoch % cfg.train.eval_every_epochs == 0 or epoch == cfg.train.epochs:
                 ev = evaluate(model, data.val, per_rank * 2, device, info, data.multilabel, cfg.train.amp)
                 row.update(val_loss=ev["loss"], val_top1=ev["top1"])
@@ -513,6 +518,14 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
                    "num_classes": data.num_classes, "epochs": cfg.train.epochs, "global_step": global_step}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return {**result, "gmacs": gmacs}
+
+
+def _skipped(dataset: Dataset, info: DistInfo) -> int:
+    """Unreadable files a real-data set has skipped (each was logged with its path), summed
+    over processes."""
+    n = getattr(dataset, "num_skipped", 0)
+    t = all_reduce_sum(torch.tensor(float(n() if callable(n) else n)), info)
+    return int(t.item())
 
 
 def _mean_over_ranks(loss_sum: torch.Tensor, steps: int, info: DistInfo) -> float:
