@@ -27,7 +27,9 @@ from ..utils.errors import QuadformerError
 DEFAULT_RUNS = [
     ("vanilla", "uniform_vit_micro_patch8_128", 64),
     ("quadformer", "quadformer_micro_patch8_128", 64),
+    ("quadformer", "quadformer_micro_patch8_128", 28),
     ("quadformer", "quadformer_micro_patch8_128", 100),
+    ("vanilla", "uniform_vit_micro_patch8_128", 100),
     ("vanilla", "uniform_vit_micro_patch8_128", 256),
 ]
 QUICK_RUNS = DEFAULT_RUNS[:2]
@@ -42,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeated epochs: a micro ViT memorises a small set before it learns the textures")
     p.add_argument("--test-size", type=int, default=1000, help="test images (default 1000)")
     p.add_argument("--budgets", type=int, nargs="+", default=None,
-                   help="run both families at these N only (default: vanilla 64 and 256, Quadformer 64 and 100)")
+                   help="run both families at these N only (default: vanilla 64/100/256, Quadformer 28/64/100)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--quick", action="store_true", help="two small runs, for a smoke test")
     p.add_argument("--seed", type=int, default=0)
