@@ -50,6 +50,11 @@ def patchify(images: Tensor, patch: int) -> Tensor:
     return x.reshape(b, gh * gw, c * patch * patch)
 
 
+def pyramid(images: Tensor, geometry: QuadGeometry, resample: Resample = "reference") -> list[Tensor]:
+    """Every scale's resampled image, scale 0 first."""
+    return [downscale(images, 1 << s, resample) for s in range(geometry.num_scales)]
+
+
 def multiscale_patches(images: Tensor, geometry: QuadGeometry, resample: Resample = "reference") -> Tensor:
     """All cells of all scales as ``[B, M, C*p_min^2]`` in canonical order."""
     return torch.cat(
@@ -68,46 +73,30 @@ def check_images(images: Tensor, geometry: QuadGeometry) -> None:
         raise TypeError(f"images must be a floating-point tensor, got {images.dtype}")
 
 
-_OFFSET_CACHE: dict[tuple, Tensor] = {}
-
-
-def pixel_offsets(geometry: QuadGeometry, channels: int, device: torch.device | str = "cpu") -> Tensor:
-    """``[M, C*p_min^2]`` flat offsets of every cell's pixels into the concatenated pyramid
-    (scale L-1 first, each scale's ``[C, H_s, W_s]`` flattened), in token pixel layout.
-    Cached by value: (geometry without budget, channels, device)."""
-    g0 = geometry.with_budget(geometry.n0)
-    key = (g0, channels, str(torch.device(device)))
-    table = _OFFSET_CACHE.get(key)
-    if table is None:
-        p = g0.p_min
-        ch, dy, dx = torch.meshgrid(torch.arange(channels), torch.arange(p), torch.arange(p), indexing="ij")
-        parts, base = [], 0
-        for s in canonical_scales(g0):
-            hs, ws = g0.height >> s, g0.width >> s
-            gh, gw = g0.grid(s)
-            rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-            top = (rows.reshape(-1, 1) * p) * ws + cols.reshape(-1, 1) * p  # [cells, 1]
-            within = (ch * hs * ws + dy * ws + dx).reshape(1, -1)  # [1, C*p*p]
-            parts.append(base + top + within)
-            base += channels * hs * ws
-        table = torch.cat(parts).to(device)
-        _OFFSET_CACHE[key] = table
-    return table
-
-
-def pyramid(images: Tensor, geometry: QuadGeometry, resample: Resample = "reference") -> Tensor:
-    """``[B, sum_s C*H_s*W_s]``: every scale's resampled image, flattened, canonical order."""
-    b = images.shape[0]
-    return torch.cat([downscale(images, 1 << s, resample).reshape(b, -1) for s in canonical_scales(geometry)], 1)
-
-
 def gather_pixels(images: Tensor, index: Tensor, geometry: QuadGeometry, resample: Resample = "reference") -> Tensor:
-    """Pixels ``[B, N, C*p_min^2]`` of the cells ``index`` ``[B, N]`` (canonical cell indices):
-    one image pyramid (1.33x the image) and one gather of the selected pixels only."""
+    """Pixels ``[B, N, C*p_min^2]`` of the cells ``index`` ``[B, N]`` (canonical cell indices).
+
+    Each scale's image is viewed as ``[B, C, gh, p, gw, p]`` and its tokens are read with one
+    strided advanced index: exactly the selected pixels are copied once, with no patchified
+    copy of the image and no per-pixel index tensor."""
     b, n = index.shape
-    offsets = pixel_offsets(geometry, images.shape[1], images.device)
-    flat_index = offsets[index].reshape(b, -1)
-    return torch.gather(pyramid(images, geometry, resample), 1, flat_index).view(b, n, -1)
+    p, c = geometry.p_min, images.shape[1]
+    meta = cell_tables(geometry, images.device).meta[index]  # [B, N, 3]
+    scale = meta[..., 2].long()
+    out = images.new_empty(b, n, c, p, p)
+    batch = torch.arange(b, device=images.device).view(b, 1).expand(b, n)
+    for s in range(geometry.num_scales):
+        mask = scale == s
+        if not bool(mask.any()):
+            continue
+        img = downscale(images, 1 << s, resample)
+        gh, gw = geometry.grid(s)
+        f = float(1 << s)
+        row = (meta[..., 1][mask] / f - 0.5).long()
+        col = (meta[..., 0][mask] / f - 0.5).long()
+        view = img.reshape(b, c, gh, p, gw, p)
+        out[mask] = view[batch[mask], :, row, :, col, :]  # [K, C, p, p]
+    return out.view(b, n, c * p * p)
 
 
 def gather_tokens(
