@@ -644,3 +644,34 @@ def test_create_scorer(cnn):
         create_scorer("saliency")
     for name in SCORERS:
         assert name in str(e.value)
+
+
+def test_batchnorm_folding_keeps_scores_and_state_dict():
+    from quadformer.tokenize import QuadGeometry
+    from quadformer.tokenize.scorers import FeatureScorer
+    from quadformer.tokenize.scorers.feature import fold_batchnorm
+
+    torch.manual_seed(0)
+    sc = FeatureScorer(weights="random", tap_stride=16)
+    for mod in sc.backbone.modules():  # non-trivial BN statistics
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.uniform_(0.5, 1.5)
+            mod.bias.uniform_(-0.2, 0.2)
+    sc.__dict__.pop("_fused", None)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_batchnorm(sc.backbone)(x), sc.backbone(x), atol=1e-4, rtol=1e-4)
+    keys = set(sc.state_dict())
+    g = QuadGeometry(64, 64, 8, 32, 4 + 3 * 5)
+    before = sc(x, g)
+    assert set(sc.state_dict()) == keys and not any("_fused" in k for k in keys)
+    # loading other weights must drop the folded copy (no stale cache)
+    other = FeatureScorer(weights="random", tap_stride=16)
+    sc.load_state_dict(other.state_dict())
+    after = sc(x, g)
+    want = other(x, g)
+    for a, w, b in zip(after, want, before):
+        torch.testing.assert_close(a, w, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(a, b)
