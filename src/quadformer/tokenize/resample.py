@@ -50,11 +50,6 @@ def patchify(images: Tensor, patch: int) -> Tensor:
     return x.reshape(b, gh * gw, c * patch * patch)
 
 
-def pyramid(images: Tensor, geometry: QuadGeometry, resample: Resample = "reference") -> list[Tensor]:
-    """Every scale's resampled image, scale 0 first."""
-    return [downscale(images, 1 << s, resample) for s in range(geometry.num_scales)]
-
-
 def multiscale_patches(images: Tensor, geometry: QuadGeometry, resample: Resample = "reference") -> Tensor:
     """All cells of all scales as ``[B, M, C*p_min^2]`` in canonical order."""
     return torch.cat(
