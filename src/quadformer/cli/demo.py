@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import load_config, train
     from ..train.checkpoint import load_checkpoint
     from ..train.distributed import DistInfo
-    from ..train.engine import build_dataset, build_model, evaluate, model_gmacs
+    from ..train.engine import build_dataset, build_model, check_model_config, evaluate, model_gmacs
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
@@ -70,10 +70,8 @@ def run(args: argparse.Namespace) -> int:
     train_size = args.train_size or (512 if args.quick else 4000)
     out: Path = args.out
     cache = out / "cache"
-    test = build_dataset(f"builtin:{args.task}", "test", args.test_size, False, 128, 0, str(cache))
-    rows = []
-    t_all = time.perf_counter()
-    for family, name, n in _runs(args):
+    plan = []
+    for family, name, n in _runs(args):  # validate every run before any work starts
         run_dir = out / "runs" / f"{family}_N{n}"
         overrides = [
             f"model.name={name}", f"model.num_patches={n}", f"data.train=builtin:{args.task}",
@@ -83,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
             "model.kwargs={global_pool: max}",  # max over tokens: the class lives in a few small objects
         ]
         cfg = load_config(None, overrides)
+        check_model_config(cfg)
+        plan.append((family, name, n, run_dir, cfg))
+    test = build_dataset(f"builtin:{args.task}", "test", args.test_size, False, 128, 0, str(cache))
+    rows = []
+    t_all = time.perf_counter()
+    for family, name, n, run_dir, cfg in plan:
         summary = run_dir / "summary.json"
         t0 = time.perf_counter()
         if summary.exists() and (run_dir / "last.pt").exists() and \

@@ -76,7 +76,22 @@ def _subset_indices(n: int, max_samples: int | None, seed: int) -> np.ndarray | 
     return np.sort(np.random.default_rng(seed).permutation(n)[:max_samples])
 
 
-class ImageFolderDataset(Dataset):
+class _ClassList:
+    """Metadata shared by the single-label real-data sets (``self.classes`` holds the names)."""
+
+    classes: list[str]
+    multilabel = False
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class ImageFolderDataset(_ClassList, Dataset):
     """``root/<class>/**/<image>`` (ImageNet layout) with corrupt-file handling.
 
     Args:
@@ -158,16 +173,6 @@ class ImageFolderDataset(Dataset):
 
     # -- metadata
     @property
-    def class_names(self) -> list[str]:
-        return list(self.classes)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    multilabel = False
-
-    @property
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
 
@@ -241,7 +246,7 @@ def _unpickle(path: Path) -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
-class CIFARDataset(Dataset):
+class CIFARDataset(_ClassList, Dataset):
     """CIFAR-10 / CIFAR-100 from the local python pickle batches (no download).
 
     ``root`` is the extracted ``cifar-10-batches-py`` / ``cifar-100-python`` folder or its
@@ -322,16 +327,6 @@ class CIFARDataset(Dataset):
                 kw.setdefault("crop_pct", 1.0)
             transform = create_transforms(image_size, is_training, **kw)
         self.transform = transform
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.classes)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    multilabel = False
 
     @property
     def targets(self) -> list[int]:

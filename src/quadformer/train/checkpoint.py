@@ -33,7 +33,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise QuadformerError(f"cannot read checkpoint {path}: {e.__class__.__name__}: {e}") from None
+        raise QuadformerError(f"cannot read checkpoint {path} ({e.__class__.__name__}: {e}); expected a file "
+                              f"written by `quadformer train` (last.pt)") from None
 
 
 def rng_state() -> dict[str, Any]:
