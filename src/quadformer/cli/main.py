@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("quadformer.cli.tokenize_cmd", "cut images into mixed-resolution mosaics (PNG / JSON)"),
     "train": ("quadformer.cli.train_cmd", "train a model from a YAML config (resumable, torchrun/DDP-ready)"),
     "eval": ("quadformer.cli.eval_cmd", "evaluate a checkpoint: top-1, GMACs per image, images/s"),
+    "pretrain": ("quadformer.cli.pretrain_cmd", "pretrain with a scheme: supervised, -kd, ssl, ssl-then-supervised(-kd), joint"),
     "train-scorer": ("quadformer.cli.train_scorer_cmd", "train the feature scorer's ShuffleNetV2 backbone"),
     "demo": ("quadformer.cli.demo", "the main job: run the end-to-end demo on the built-in data"),
 }

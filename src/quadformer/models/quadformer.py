@@ -33,6 +33,7 @@ from ..utils.images import IMAGENET_MEAN, IMAGENET_STD
 
 # name -> (embed_dim, depth, num_heads)
 SIZES: dict[str, tuple[int, int, int]] = {
+    "nano": (64, 4, 2),  # CPU studies on 32 px images
     "micro": (128, 4, 4),
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
@@ -417,6 +418,7 @@ def _register(size: str, patch: int, res: int, pmax: int, n: int) -> None:
 for _size, _patch, _res, _pmax, _n in [
     ("micro", 8, 128, 32, 64),
     ("micro", 4, 32, 16, 28),
+    ("nano", 4, 32, 16, 28),
     ("tiny", 16, 256, 64, 100),
     ("tiny", 16, 224, 32, 100),
     ("small", 16, 256, 64, 100),

@@ -19,6 +19,7 @@ class ModelConfig:
     num_patches: int | None = 64  # token budget N (None: the model's default)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
     vanilla_checkpoint: str | None = None  # fine-tune from a vanilla timm ViT checkpoint file
+    init_checkpoint: str | None = None  # start from a quadformer run (stage A) with a new head
 
 
 @dataclass
@@ -51,8 +52,35 @@ class TrainConfig:
     amp: str = "auto"  # auto | bf16 | fp16 | off
     ema_decay: float = 0.0  # 0 = no EMA
     checkpoint_every_steps: int = 0  # 0 = at the end of every epoch (and on interrupt) only
+    snapshots: int = 0  # weight snapshots at this many evenly spaced steps (a trajectory)
     eval_every_epochs: int = 1
     progress: bool = True
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the loss is (see quadformer.train.objectives): supervised, kd, ssl or joint."""
+
+    kind: str = "supervised"  # supervised | kd | ssl | joint
+    ssl_method: str = "simclr"  # simclr | dino
+    teacher: str | None = None  # kd: checkpoint of a stronger model on the same task
+    kd_alpha: float = 5.0  # USI: CE + 5 * KL, T = 1
+    kd_temperature: float = 1.0
+    joint_lambda: float = 1.0  # joint: CE + lambda * SSL
+    temperature: float = 0.2  # SimCLR NT-Xent tau
+    proj_hidden_dim: int = 512
+    proj_dim: int = 128  # SimCLR output / DINO bottleneck
+    dino_out_dim: int = 1024
+    dino_momentum: float = 0.996  # cosine-scheduled to 1
+    dino_teacher_temp: float = 0.07
+    dino_warmup_teacher_temp: float = 0.04
+    dino_warmup_epochs: int = 5
+    local_views: int = 2  # DINO local crops
+    local_crop_size: int | None = None  # default: the global size (fixed-geometry models need it)
+    min_scale: float = 0.2  # random-resized-crop scale floor
+    color_jitter: float = 0.5  # lightly cj_strength: 0.5 -> 0.4/0.4/0.4/0.1
+    blur_prob: float = 0.0  # small images: no blur
+    flip_prob: float = 0.5
 
 
 @dataclass
@@ -68,6 +96,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,5 +189,13 @@ def validate(cfg: Config) -> None:
         raise QuadformerError("data.batch_size and train.epochs must be >= 1")
     if cfg.optim.lr <= 0:
         raise QuadformerError(f"optim.lr={cfg.optim.lr} must be > 0")
+    from .objectives import KINDS, SSL_METHODS
+
+    if cfg.objective.kind not in KINDS:
+        raise QuadformerError(f"objective.kind={cfg.objective.kind!r}; use one of {', '.join(KINDS)}")
+    if cfg.objective.ssl_method not in SSL_METHODS:
+        raise QuadformerError(f"objective.ssl_method={cfg.objective.ssl_method!r}; use one of {', '.join(SSL_METHODS)}")
+    if cfg.objective.kind == "kd" and not cfg.objective.teacher:
+        raise QuadformerError("objective.kind=kd needs objective.teacher=<checkpoint of a stronger model on the same task>")
     if not 0 <= cfg.train.ema_decay < 1:
         raise QuadformerError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)")

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
@@ -30,6 +29,7 @@ from ..utils.errors import QuadformerError
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .config import Config
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .objectives import supervised_loss as loss_fn
 
 log = logging.getLogger("quadformer.train")
 
@@ -182,12 +182,6 @@ def amp_context(mode: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, multilabel: bool, smoothing: float) -> torch.Tensor:
-    if multilabel:
-        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
-    return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, info: DistInfo,
              multilabel: bool = False, amp: str = "off", progress: bool = False) -> dict[str, float]:
@@ -313,17 +307,25 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def train(cfg: Config, resume: str | Path | None = None, stop_after_steps: int | None = None) -> dict[str, Any]:
+def train(cfg: Config, resume: str | Path | None = None, stop_after_steps: int | None = None, *,
+          data: DataBundle | None = None, model: nn.Module | None = None,
+          progress: bool | None = None) -> dict[str, Any]:
     """Train per ``cfg``; returns the final metrics. ``resume``: a checkpoint path, or
     ``"auto"`` for ``<output.dir>/last.pt`` when present. ``stop_after_steps`` is for tests
-    (simulates an interruption after that many optimiser steps in this call)."""
+    (simulates an interruption after that many optimiser steps in this call).
+
+    Library use (fine-tuning, studies): ``data`` replaces the config's data sources and
+    ``model`` the config's architecture (the head must already fit the data); ``progress``
+    overrides ``train.progress``."""
+    if progress is not None:
+        cfg.train.progress = progress
     device = pick_device()
     info = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     out = Path(cfg.output.dir)
     try:
-        return _train(cfg, info, device, out, resume, stop_after_steps)
+        return _train(cfg, info, device, out, resume, stop_after_steps, data, model)
     finally:
         cleanup(info)
 
@@ -340,8 +342,34 @@ def check_model_config(cfg: Config) -> None:
         pass  # some layers cannot live on meta; the real build below will check them
 
 
-def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume, stop_after_steps) -> dict[str, Any]:
-    check_model_config(cfg)
+def init_from_checkpoint(model: nn.Module, cfg: Config) -> None:
+    """Stage-B start: every weight of the stage-A run except its classifier (a new head)."""
+    from ..models.loading import backbone_state
+
+    state, meta = backbone_state(cfg.model.init_checkpoint)
+    name = meta["model"]["name"]
+    if name != cfg.model.name:
+        raise QuadformerError(f"model.init_checkpoint {cfg.model.init_checkpoint} holds a {name}; this run trains a "
+                              f"{cfg.model.name}. Use a checkpoint of the same architecture")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    head = set(_head_keys(model))
+    if unexpected or set(missing) - head:
+        raise QuadformerError(f"model.init_checkpoint {cfg.model.init_checkpoint} does not fit {cfg.model.name}: "
+                              f"missing {sorted(set(missing) - head)[:3]}, unexpected {unexpected[:3]}")
+
+
+def _head_keys(model: nn.Module) -> list[str]:
+    from ..models.loading import _classifier_keys
+
+    return sorted(_classifier_keys(model))
+
+
+def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume, stop_after_steps,
+           data: DataBundle | None = None, given_model: nn.Module | None = None) -> dict[str, Any]:
+    from .objectives import TrainStep, build_objective, views_transform
+
+    if given_model is None:
+        check_model_config(cfg)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     if cfg.data.batch_size % info.world_size:
@@ -350,21 +378,33 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
     per_rank = cfg.data.batch_size // info.world_size
 
     # Data
-    data = build_data(cfg)
-    train_items = SeededItems(data.train, cfg.seed)
+    if data is None:
+        data = build_data(cfg)
+    train_set = data.train
+    if cfg.objective.kind in ("ssl", "joint"):
+        from ..data.views import ViewsDataset
+
+        train_set = ViewsDataset(train_set, views_transform(cfg.objective, cfg.data.image_size))
+    train_items = SeededItems(train_set, cfg.seed)
     steps_per_epoch = len(data.train) // cfg.data.batch_size  # type: ignore[arg-type]
     if steps_per_epoch < 1:
         raise QuadformerError(f"the training set ({len(data.train)} images) is smaller than one batch "  # type: ignore[arg-type]
                               f"({cfg.data.batch_size}); lower data.batch_size")
     total_steps = steps_per_epoch * cfg.train.epochs
 
-    # Model, optimiser, schedule
-    model = build_model(cfg, data.num_classes).to(device)
+    # Model, objective, optimiser, schedule
+    model = given_model if given_model is not None else build_model(cfg, data.num_classes)
+    if cfg.model.init_checkpoint and not resume:
+        init_from_checkpoint(model, cfg)
+    model = model.to(device)
+    objective = build_objective(cfg.objective, model, data.multilabel, cfg.optim.label_smoothing, info.enabled,
+                                device).to(device)
+    step_module = TrainStep(model, objective)
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
     from timm.utils import ModelEmaV3
 
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = create_optimizer_v2(step_module, opt="adamw", lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = CosineLRScheduler(
         optimizer, t_initial=total_steps, lr_min=cfg.optim.min_lr,
         warmup_t=int(cfg.optim.warmup_epochs * steps_per_epoch), warmup_lr_init=cfg.optim.lr * 0.01,
@@ -380,10 +420,16 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
         resume = ckpt_path if ckpt_path.exists() else None
     if resume:
         ck = load_checkpoint(resume)
-        if ck.get("config", {}).get("model") != cfg.to_dict()["model"]:
-            raise QuadformerError(f"checkpoint {resume} was trained with model config {ck.get('config', {}).get('model')}; "
-                                  f"it cannot resume a run of {cfg.to_dict()['model']}")
+        for section in ("model", "objective"):
+            theirs, ours = ck.get("config", {}).get(section), cfg.to_dict()[section]
+            if section == "objective" and theirs is None:
+                theirs = ours  # checkpoints from before objectives existed are supervised
+            if theirs != ours:
+                raise QuadformerError(f"checkpoint {resume} was trained with {section} config {theirs}; "
+                                      f"it cannot resume a run of {ours}")
         model.load_state_dict(ck["model"])
+        if ck.get("objective"):
+            objective.load_state_dict(ck["objective"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         if ema is not None and ck.get("ema") is not None:
@@ -396,9 +442,10 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
         if info.is_main:
             log.info("resumed from %s at epoch %d step %d", resume, epoch, step_in_epoch)
 
-    ddp_model: nn.Module = model
+    ddp_step: nn.Module = step_module
     if info.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp_step = nn.parallel.DistributedDataParallel(step_module,
+                                                       device_ids=[device.index] if device.type == "cuda" else None)
 
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -411,7 +458,7 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
         if not info.is_main:
             return
         atomic_save({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "model": model.state_dict(), "objective": objective.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "ema": ema.module.state_dict() if ema is not None else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "epoch": epoch_, "step_in_epoch": step_, "global_step": global_step, "rng": rng_state(),
@@ -421,6 +468,7 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
 
     sampler = DistributedSampler(train_items, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
+    snapshot_steps = {round(total_steps * (i + 1) / cfg.train.snapshots) for i in range(cfg.train.snapshots)}
     steps_this_call = 0
     result: dict[str, Any] = {}
     with _Interrupt() as interrupt:
@@ -430,7 +478,7 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
             loader = DataLoader(train_items, batch_size=per_rank, sampler=SkipSampler(sampler, step_in_epoch * per_rank),
                                 num_workers=cfg.data.num_workers, drop_last=True,
                                 persistent_workers=False, pin_memory=device.type == "cuda")
-            ddp_model.train()
+            ddp_step.train()
             t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), dtype=torch.float64)
             bar = None
             if cfg.train.progress and info.is_main:
@@ -439,10 +487,10 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
                 bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                            dynamic_ncols=True, leave=False)
             for x, y in loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x = [v.to(device, non_blocking=True) for v in x] if isinstance(x, list) else x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
                 with amp_context(cfg.train.amp, device):
-                    logits = ddp_model(x)
-                loss = loss_fn(logits, y, data.multilabel, cfg.optim.label_smoothing)
+                    loss = ddp_step(x, y, epoch)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -450,7 +498,7 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
                 else:
                     loss.backward()
                 if cfg.optim.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+                    nn.utils.clip_grad_norm_(step_module.parameters(), cfg.optim.clip_grad)
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
@@ -460,6 +508,9 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
                 step_in_epoch += 1
                 steps_this_call += 1
                 scheduler.step_update(num_updates=global_step)
+                objective.after_step(model, global_step, total_steps)
+                if global_step in snapshot_steps and info.is_main:
+                    export_weights(model, cfg, data, out / "snapshots" / f"step{global_step:07d}.safetensors")
                 if ema is not None:
                     ema.update(model, step=global_step)
                 if not math.isfinite(loss.item()):
@@ -467,7 +518,7 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
                     raise QuadformerError(f"loss became {loss.item()} at step {global_step}; lower optim.lr "
                                           f"(now {cfg.optim.lr}) or set optim.clip_grad")
                 loss_sum += loss.item()
-                seen += x.shape[0]
+                seen += y.shape[0]
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
@@ -496,7 +547,7 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
                 row["skipped_files"] = skipped
                 if info.is_main:
                     log.warning("%d unreadable training files skipped so far (see the warnings above for paths)", skipped)
-            if epoch % cfg.train.eval_every_epochs == 0 or epoch == cfg.train.epochs:
+            if objective.has_head_metric and (epoch % cfg.train.eval_every_epochs == 0 or epoch == cfg.train.epochs):
                 ev = evaluate(model, data.val, per_rank * 2, device, info, data.multilabel, cfg.train.amp)
                 row.update(val_loss=ev["loss"], val_top1=ev["top1"])
                 if ema is not None:
@@ -547,6 +598,7 @@ def export_weights(model: nn.Module, cfg: Config, data: DataBundle, path: Path) 
                              "num_patches": g.num_patches, "resample": model.resample,
                              "pos_embed": model.pos_embed_type}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"quadformer": json.dumps(meta)})
     tmp.replace(path)
