@@ -146,4 +146,6 @@ def test_simclr_ddp_two_gloo_processes_match_one_process(tmp_path):
          "--master_port", str(_free_port()), "-m", "quadformer.cli.main", "train", *args,
          f"output.dir={tmp_path / 'two'}"], env=_env(), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert_same_weights(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"), atol=1e-5)
+    # negatives are gathered across processes: the same loss, summed in another order (AdamW
+    # turns the last-bit differences of the first steps into ~1e-5 weight differences)
+    assert_same_weights(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"), atol=1e-4)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -51,12 +52,14 @@ class SeededItems(Dataset):
 
     def __getitem__(self, index: int):
         s = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**63 - 1)
-        py_state = random.getstate()
+        py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s)
             random.seed(s)
+            np.random.seed(s % 2**32)  # some augmentations (lightly's blur, solarise) draw from numpy
             item = self.dataset[index]
         random.setstate(py_state)
+        np.random.set_state(np_state)
         return item
 
 
@@ -444,8 +447,9 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
 
     ddp_step: nn.Module = step_module
     if info.enabled:
-        ddp_step = nn.parallel.DistributedDataParallel(step_module,
-                                                       device_ids=[device.index] if device.type == "cuda" else None)
+        ddp_step = nn.parallel.DistributedDataParallel(  # an SSL run leaves the classifier unused
+            step_module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not objective.has_head_metric)
 
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,240 @@
+"""The diversity-transfer study (spec: diverse_transfer §1, §5), top to bottom.
+
+1. Train a KD teacher (a wider supervised model) once.
+2. For every seed: train each scheme on the built-in upstream task (the SSL run is shared as
+   stage A of the two-stage schemes), plus the untrained init as a reference.
+3. Measure every model: upstream head accuracy, upstream linear-probe accuracy (A),
+   diversity (W1, W2, A1, A2, A3 and their change from init) and linear-probe transfer (T)
+   on the built-in downstream suite.
+4. Analyse (:mod:`quadformer.study.analysis`) and write the report (:mod:`quadformer.study.report`).
+
+Every step writes its result to disk; a rerun skips what is done, so an interrupted study
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..utils.errors import QuadformerError
+
+log = logging.getLogger("quadformer.study")
+
+# condition name -> pretraining scheme
+CONDITIONS: dict[str, str] = {
+    "sup": "supervised",
+    "sup_kd": "supervised-kd",
+    "sup_long": "supervised-long",
+    "ssl": "ssl",
+    "ssl_sup": "ssl-then-supervised",
+    "ssl_sup_kd": "ssl-then-supervised-kd",
+    "ssl_sup_lowlr": "ssl-then-supervised-lowlr",
+    "joint": "joint",
+}
+CORE = ("sup", "sup_kd", "sup_long", "ssl", "ssl_sup", "ssl_sup_kd", "joint")
+CONTRASTS = (("ssl", "sup"), ("ssl_sup", "sup"), ("ssl_sup_kd", "sup_kd"), ("sup_long", "sup"))
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "vit": {"name": "uniform_vit_nano_patch4_32", "num_patches": 64},
+    "quadformer": {"name": "quadformer_nano_patch4_32", "num_patches": 28},
+    "resnet": {"name": "resnet10t", "num_patches": None},
+}
+TEACHER_KWARGS = {"embed_dim": 128, "depth": 4, "num_heads": 4}  # the micro trunk: about 4x wider in MACs
+
+
+@dataclass
+class StudyConfig:
+    arch: str = "vit"
+    seeds: int = 5
+    conditions: tuple[str, ...] = CORE
+    upstream: str = "builtin:shapes-textures"
+    image_size: int = 32
+    train_size: int = 6000
+    val_size: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    sup_epochs: int = 12
+    ssl_epochs: int = 30
+    ssl_lr: float = 2e-3
+    teacher_epochs: int = 30
+    long_factor: int = 3
+    joint_lambda: float = 0.3
+    probe_grid: str = "full"
+    upstream_probe_train: int = 3000  # upstream linear probe: train images (A)
+    diversity_images: int = 2000
+    num_threads: int | None = None
+    extra_overrides: list[str] = field(default_factory=list)
+
+    @classmethod
+    def quick(cls, **kw: Any) -> "StudyConfig":
+        base = dict(seeds=2, train_size=2000, val_size=500, sup_epochs=4, ssl_epochs=6, teacher_epochs=6,
+                    long_factor=2, probe_grid="smoke", upstream_probe_train=1000, diversity_images=500)
+        base.update(kw)
+        return cls(**base)
+
+
+def _base_overrides(sc: StudyConfig) -> list[str]:
+    arch = ARCHS[sc.arch]
+    ov = [f"model.name={arch['name']}", f"model.num_patches={'null' if arch['num_patches'] is None else arch['num_patches']}",
+          f"data.train={sc.upstream}", f"data.image_size={sc.image_size}", f"data.train_size={sc.train_size}",
+          f"data.val_size={sc.val_size}", f"data.batch_size={sc.batch_size}", f"optim.lr={sc.lr}",
+          f"train.epochs={sc.sup_epochs}", "train.amp=off", "train.progress=true", "output.tensorboard=false",
+          "optim.warmup_epochs=1", "optim.label_smoothing=0.0", f"objective.joint_lambda={sc.joint_lambda}"]
+    return ov + list(sc.extra_overrides)
+
+
+class Study:
+    def __init__(self, sc: StudyConfig, out: str | Path) -> None:
+        if sc.arch not in ARCHS:
+            raise QuadformerError(f"--arch {sc.arch!r}; use one of {', '.join(ARCHS)}")
+        unknown = [c for c in sc.conditions if c not in CONDITIONS]
+        if unknown:
+            raise QuadformerError(f"unknown conditions {unknown}; use {', '.join(CONDITIONS)}")
+        self.sc, self.out = sc, Path(out)
+        self.runs = self.out / "runs" / sc.arch
+        self.measure_dir = self.out / "measurements" / sc.arch
+        self.cache_dir = self.out / "feature_cache"
+
+    # ------------------------------------------------------------------ training
+    def config(self, seed: int, *extra: str):
+        from ..train import load_config
+
+        return load_config(None, _base_overrides(self.sc) + [f"seed={seed}", *extra])
+
+    def teacher(self) -> Path:
+        """A wider supervised model on the upstream task, trained once for all seeds."""
+        from ..train.schemes import run_scheme
+
+        out = self.out / "runs" / "teacher"
+        kw = "{" + ", ".join(f"{k}: {v}" for k, v in TEACHER_KWARGS.items()) + "}"
+        arch = ARCHS["vit"]
+        cfg = self.config(1000, f"model.name={arch['name']}", f"model.num_patches={arch['num_patches']}",
+                          f"model.kwargs={kw}", f"train.epochs={self.sc.teacher_epochs}")
+        run_scheme("supervised", cfg, out)
+        return out / "model.safetensors"
+
+    def train_condition(self, cond: str, seed: int, teacher: Path | None) -> Path:
+        from ..train.schemes import SchemeOptions, run_scheme
+
+        out = self.runs / f"seed{seed}" / cond
+        ssl_dir = self.runs / f"seed{seed}" / "ssl"
+        stage_a = [f"train.epochs={self.sc.ssl_epochs}", f"optim.lr={self.sc.ssl_lr}"]
+        opts = SchemeOptions(teacher=str(teacher) if teacher else None, stage_a_overrides=stage_a,
+                             long_factor=self.sc.long_factor)
+        scheme = CONDITIONS[cond]
+        if scheme.startswith("ssl-then"):  # the seed's SSL run is every two-stage scheme's stage A
+            run_scheme("ssl", self.config(seed), ssl_dir, SchemeOptions(stage_a_overrides=stage_a))
+            opts.stage_a = str(ssl_dir)
+        run_scheme(scheme, self.config(seed), out, opts)
+        return out / "model.safetensors"
+
+    # ------------------------------------------------------------------ measuring
+    def measure(self, cond: str, seed: int, weights: Path | None) -> dict[str, Any]:
+        """Upstream accuracy, diversity and transfer of one model (cached as JSON)."""
+        path = self.measure_dir / f"{cond}_seed{seed}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        from ..diversity.report import fresh_init, measure_diversity
+        from ..models.loading import load_model
+        from ..transfer.features import DataRef, build_eval_dataset, get_features
+        from ..transfer.probes import linear_probe
+        from ..transfer.tasks import builtin_tasks
+
+        t0 = time.perf_counter()
+        arch = ARCHS[self.sc.arch]
+        init_spec = arch["name"]
+        if weights is None:  # the untrained reference: the init of this seed's runs
+            cfg = self.config(seed)
+            from ..train.engine import build_model
+
+            model = fresh_init(lambda: build_model(cfg, self._upstream_classes()), seed).eval()
+            digest = f"init:{init_spec}:{seed}:{self.sc.image_size}"
+        else:
+            lm = load_model(str(weights))
+            model, digest = lm.model, lm.digest
+        cfg = self.config(seed)
+        from ..train.engine import build_model
+
+        init_model = fresh_init(lambda: build_model(cfg, self._upstream_classes()), seed).eval()
+        row: dict[str, Any] = {"arch": self.sc.arch, "condition": cond, "seed": seed, "weights": str(weights)}
+
+        # upstream: head accuracy (supervised conditions) and linear-probe accuracy A
+        up_tr = DataRef(self.sc.upstream, "train", self.sc.image_size, size=self.sc.upstream_probe_train)
+        up_te = DataRef(self.sc.upstream, "test", self.sc.image_size, size=self.sc.val_size)
+        f_tr = get_features(model, digest, up_tr, cache_dir=self.cache_dir)
+        f_te = get_features(model, digest, up_te, cache_dir=self.cache_dir)
+        row["up_lp"] = linear_probe(f_tr.features, f_tr.targets, f_te.features, f_te.targets,
+                                    grid=self.sc.probe_grid).score
+        row["up_acc"] = self._head_accuracy(model, up_te) if cond not in ("rand", "ssl") else None
+
+        # diversity on the held-out upstream validation split
+        probe = build_eval_dataset(DataRef(self.sc.upstream, "val", self.sc.image_size, size=self.sc.val_size))
+        div = measure_diversity(model, probe, init_model, num_images=min(self.sc.diversity_images, len(probe)),
+                                seed=0)
+        for k, v in div["metrics"].items():
+            row[k] = v
+        for k, v in (div.get("delta_vs_init") or {}).get("metrics", {}).items():
+            row[f"d_{k}"] = v
+
+        # transfer: linear probes on the downstream suite
+        for task in builtin_tasks():
+            tr = DataRef(task.train, task.split_train, self.sc.image_size, size=task.train_size, seed=task.seed)
+            te = DataRef(task.test, task.split_test, self.sc.image_size, size=task.test_size, seed=task.seed)
+            a, b = get_features(model, digest, tr, cache_dir=self.cache_dir), get_features(model, digest, te,
+                                                                                          cache_dir=self.cache_dir)
+            res = linear_probe(a.features, a.targets, b.features, b.targets, multilabel=a.multilabel,
+                               num_classes=a.num_classes, grid=self.sc.probe_grid)
+            row[f"T_{task.name}"] = res.score
+            row.setdefault("multilabel_tasks", []).append(task.name) if a.multilabel else None
+        from ..train.engine import model_gmacs
+
+        row["gmacs"] = model_gmacs(model, self.sc.image_size)[0]
+        row["seconds"] = time.perf_counter() - t0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row, indent=2, default=float))
+        return row
+
+    def _upstream_classes(self) -> int:
+        if not hasattr(self, "_n_up"):
+            from ..data import build_dataset
+
+            self._n_up = int(build_dataset(self.sc.upstream, "val", self.sc.image_size, size=8).num_classes)
+        return self._n_up
+
+    def _head_accuracy(self, model: torch.nn.Module, ref) -> float | None:
+        from ..transfer.features import build_eval_dataset
+
+        if getattr(model, "num_classes", 0) != self._upstream_classes():
+            return None
+        ds = build_eval_dataset(ref)
+        loader = torch.utils.data.DataLoader(ds, batch_size=256)
+        correct = total = 0
+        with torch.no_grad():
+            for x, y in loader:
+                correct += int((model(x).argmax(-1) == y).sum())
+                total += len(y)
+        return correct / max(1, total)
+
+    # ------------------------------------------------------------------ all
+    def run(self) -> list[dict[str, Any]]:
+        from tqdm import tqdm
+
+        if self.sc.num_threads:
+            torch.set_num_threads(self.sc.num_threads)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"study_{self.sc.arch}.json").write_text(json.dumps(asdict(self.sc), indent=2))
+        needs_teacher = any(CONDITIONS[c].endswith("-kd") for c in self.sc.conditions)
+        teacher = self.teacher() if needs_teacher else None
+        rows = []
+        plan = [(c, s) for s in range(self.sc.seeds) for c in ("rand", *self.sc.conditions)]
+        for cond, seed in tqdm(plan, desc=f"study {self.sc.arch}", dynamic_ncols=True):
+            weights = None if cond == "rand" else self.train_condition(cond, seed, teacher)
+            rows.append(self.measure(cond, seed, weights))
+        return rows
