@@ -2,7 +2,10 @@
 
 ``build_dataset("builtin:glyphs", "train", 128)`` is the usual entry point; see
 :mod:`quadformer.data.builtin` for the procedural task family and
-:mod:`quadformer.data.folders` for ImageNet-style folders and CIFAR.
+:mod:`quadformer.data.folders` for ImageNet-style folders and CIFAR,
+:mod:`quadformer.data.suite` for the offline diversity/transfer suite (``builtin:shapes-textures``,
+``builtin:sk-digits``, ...) and :mod:`quadformer.data.multilabel` for VOC 2007 / COCO / CSV
+multi-label loaders (``voc2007:<root>``, ``coco:<root>``, ``csv:<file>``).
 """
 
 from .builtin import (
@@ -27,6 +30,14 @@ from .folders import (
     build_dataset,
     create_transforms,
 )
+from .multilabel import DIFFICULT_POLICIES, VOC_CLASSES, COCOMultiLabel, CSVMultiLabel, VOCMultiLabel
+from .suite import (
+    SUITE,
+    SUITE_TASKS,
+    SuiteDataset,
+    build_suite_dataset,
+    list_suite_tasks,
+)
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -47,4 +58,14 @@ __all__ = [
     "ImageFolderDataset",
     "build_dataset",
     "create_transforms",
+    "DIFFICULT_POLICIES",
+    "VOC_CLASSES",
+    "COCOMultiLabel",
+    "CSVMultiLabel",
+    "VOCMultiLabel",
+    "SUITE",
+    "SUITE_TASKS",
+    "SuiteDataset",
+    "build_suite_dataset",
+    "list_suite_tasks",
 ]

@@ -31,7 +31,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-DATASET_SCHEMES = ("builtin", "imagefolder", "cifar10", "cifar100")
+DATASET_SCHEMES = ("builtin", "imagefolder", "cifar10", "cifar100", "voc2007", "coco", "csv")
 
 # what a broken image file raises while being opened / decoded
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -354,9 +354,11 @@ def _parse(name_or_path: str) -> tuple[str, str]:
         return "builtin", "glyphs"
     if Path(name).is_dir():
         return "imagefolder", name
+    from .suite import list_suite_tasks
+
     raise ValueError(
-        f"unknown dataset {name!r}; use builtin:<task> (tasks: {', '.join(list_tasks())}), "
-        f"imagefolder:<root>, cifar10:<root> or cifar100:<root>"
+        f"unknown dataset {name!r}; use builtin:<task> (tasks: {', '.join(list_tasks() + list_suite_tasks())}), "
+        f"imagefolder:<root>, cifar10:<root>, cifar100:<root>, voc2007:<root>, coco:<root or json> or csv:<file.csv>"
     )
 
 
@@ -382,6 +384,17 @@ def build_dataset(
       layout ``train/`` + ``val/``); ``split=None`` uses ``<root>`` itself. A bare existing
       directory path means the same.
     * ``cifar10:<root>`` / ``cifar100:<root>`` -- :class:`CIFARDataset` (``val`` = test set).
+    * ``builtin:<suite task>`` -- the diversity/transfer suite of :mod:`quadformer.data.suite`
+      (``shapes-textures``, ``sk-digits``, ``sk-digits-hard``, ``sk-patches``, ``hue``,
+      ``scenes``, ``scenes-hard``): in-memory uint8 images rendered at ``image_size`` (>= 16;
+      default sizes per task when ``size`` is None); extra keywords (``output``, ``val_size``,
+      ...) go to the task class; ``cache_dir`` is ignored (rendering is fast).
+    * ``voc2007:<root>`` -- :class:`~quadformer.data.multilabel.VOCMultiLabel` (``split`` one of
+      train / val / trainval / test; ``difficult="ignore"|"positive"|"exclude"``).
+    * ``coco:<root>`` or ``coco:<instances.json>`` --
+      :class:`~quadformer.data.multilabel.COCOMultiLabel` (train / val; test = val; ``year``).
+    * ``csv:<file.csv>`` -- :class:`~quadformer.data.multilabel.CSVMultiLabel` (``{split}`` in the
+      file name is replaced by the split; a ``split`` column filters rows).
 
     ``transform="auto"`` builds timm transforms for ``image_size`` (training augmentation when
     ``split == "train"``), ``None`` returns PIL images for real data. ``size`` keeps a seeded
@@ -393,6 +406,15 @@ def build_dataset(
         if split is None:
             raise ValueError("built-in datasets need a split: train, val or test")
         tf = None if isinstance(transform, str) and transform == "auto" else transform
+        from .suite import is_suite_task, build_suite_dataset
+
+        if is_suite_task(task):
+            return build_suite_dataset(task, split, image_size, size=size, seed=seed, transform=tf, **kwargs)
+        if isinstance(task, str) and task not in list_tasks():
+            from .suite import list_suite_tasks
+
+            raise ValueError(f"unknown built-in task {task!r}; available: "
+                             f"{', '.join(list_tasks() + list_suite_tasks())}")
         return BuiltinDataset(task, split, size=size, image_size=image_size, seed=seed, transform=tf,
                               cache_dir=cache_dir, **kwargs)
 
@@ -405,6 +427,19 @@ def build_dataset(
         auto_size: int | tuple[int, int] | None = image_size
     else:
         tf, auto_size = transform, None
+
+    if scheme in ("voc2007", "coco", "csv"):
+        from .multilabel import COCOMultiLabel, CSVMultiLabel, VOCMultiLabel
+
+        kwargs.setdefault("is_training", split in ("train", "trainval"))
+        common = dict(image_size=auto_size, verify=verify, max_samples=size, seed=seed,
+                      transform_kwargs=transform_kwargs)
+        if scheme == "voc2007":
+            return VOCMultiLabel(arg, split or "trainval", tf, **common, **kwargs)
+        if scheme == "coco":
+            return COCOMultiLabel(arg, split or "train", tf, **common, **kwargs)
+        path = arg.replace("{split}", split) if split is not None and "{split}" in arg else arg
+        return CSVMultiLabel(path, tf, split=None if path != arg else split, **common, **kwargs)
 
     if scheme == "imagefolder":
         root = Path(arg)
