@@ -73,7 +73,8 @@ def main() -> int:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs (other jobs change the ratios: compare runs on a quiet machine)")
     pixel = PixelBlurScorer()
     feature = FeatureScorer(weights="random")  # same compute as trained weights
     rows = []
@@ -126,6 +127,7 @@ def main() -> int:
             g = g0.with_budget(n)
             t = interleaved({"sel": lambda: select_tokens(scores, g)}, args.reps * 2)["sel"]
             print(f"  N={n:>4}: {1e3 * t:.2f} ms/batch")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -675,3 +675,124 @@ def test_batchnorm_folding_keeps_scores_and_state_dict():
     for a, w, b in zip(after, want, before):
         torch.testing.assert_close(a, w, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# fast CPU ShuffleNetV2 path
+
+
+def _randomised_shufflenet(seed: int) -> nn.Module:
+    from torchvision.models import shufflenet_v2_x0_5
+
+    torch.manual_seed(seed)
+    net = shufflenet_v2_x0_5(weights=None).eval()
+    for m in net.modules():  # non-trivial BN statistics and affine parameters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net
+
+
+@pytest.mark.parametrize("tap_stride", [8, 16, 32])
+def test_fast_shufflenet_equals_torchvision_modules(tap_stride):
+    """The fast path (BN folded, fused ReLU, no channel shuffle, pooling before ReLU, grouped
+    head) against the plain, un-fused torchvision modules, on random weights."""
+    from quadformer.tokenize.scorers.backbones import FastShuffleNet
+
+    net = _randomised_shufflenet(tap_stride)
+    tap = ShuffleNetTap(net, tap_stride)
+    fast = FastShuffleNet.from_tap(tap)
+    assert fast is not None and fast.stride == tap_stride
+    for shape in [(3, 3, 64, 64), (2, 3, 70, 46), (1, 3, 33, 31), (2, 3, 16, 16)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref = tap(x)  # torchvision's InvertedResidual.forward, BN in eval mode
+            out = fast(x)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
+    # several inputs (the image and its blurs), the head run in groups of one image
+    xs = [torch.randn(3, 3, 48, 64) for _ in range(3)]
+    fast.HEAD_PIXELS = 1
+    with torch.no_grad():
+        ref = tap(torch.cat(xs))
+        out = fast.forward_passes(xs)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-4 * ref.abs().max().item())
+    with pytest.raises(ValueError, match="one size"):
+        fast.forward_passes([xs[0], xs[1][..., :32]])
+
+
+def test_fast_shufflenet_only_for_known_modules():
+    from quadformer.tokenize.scorers.backbones import FastShuffleNet
+
+    net = _randomised_shufflenet(0)
+    assert FastShuffleNet.from_tap(nn.Conv2d(3, 4, 3)) is None
+    assert FastShuffleNet.from_tap(ShuffleNetTap(net, 8).double()) is None
+    odd = ShuffleNetTap(_randomised_shufflenet(0), 16)
+    odd.stage3[1].branch2[2] = nn.GELU()  # not the torchvision block any more
+    assert FastShuffleNet.from_tap(odd) is None
+    sc = FeatureScorer(backbone=odd)  # falls back to the folded copy, same scores
+    assert not isinstance(sc._inference_backbone(), FastShuffleNet)
+    assert not isinstance(FeatureScorer("random", channels_last=False)._inference_backbone(), FastShuffleNet)
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (9, 7), (2, 5), (1, 1), (128, 96)])
+def test_max_pool_without_indices(h, w):
+    from quadformer.tokenize.scorers.backbones import _max_pool_3s2
+
+    y = torch.randn(2, 5, h, w).contiguous(memory_format=torch.channels_last)
+    ref = F.max_pool2d(y, 3, 2, 1)
+    out = torch.empty_like(ref)
+    _max_pool_3s2(y, out)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tap_stride,size,p", [(32, 128, 16), (16, 64, 8), (8, 64, 4)])
+def test_feature_scorer_fast_path_equals_reference(tap_stride, size, p):
+    """Scores of the default CPU path = map_j computed with the plain torchvision modules."""
+    from quadformer.tokenize.scorers import blur
+    from quadformer.tokenize.scorers.backbones import FastShuffleNet
+
+    net = _randomised_shufflenet(1)
+    g = geo(size, size, p, 4 * p)  # L = 3
+    sc = FeatureScorer(backbone=ShuffleNetTap(net, tap_stride), chunk_size=2)
+    assert isinstance(sc._inference_backbone(), FastShuffleNet)
+    x = torch.randn(5, 3, size, size)
+    maps = sc(x, g)
+    tap = ShuffleNetTap(net, tap_stride)
+    with torch.no_grad():
+        f0 = tap(x)
+        scale = f0.square().mean().item()  # the scale of a squared feature difference
+        for j, m in enumerate(maps, start=1):
+            ref = (tap(blur(x, j)) - f0).square().mean(1)
+            ref = to_grid_ref(ref, *g.grid(j))
+            torch.testing.assert_close(m, ref, rtol=1e-3, atol=1e-5 * scale)
+
+
+def to_grid_ref(m: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+    """Average-pool a [B, h, w] map onto a gh x gw grid (h, w multiples of it)."""
+    b, h, w = m.shape
+    return m.view(b, gh, h // gh, gw, w // gw).mean((2, 4))
+
+
+@pytest.mark.parametrize("f", [2, 4])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 3, 5, 7), (2, 3, 1, 1), (1, 3, 2, 3), (2, 3, 32, 24)])
+def test_fast_stem_of_upsampled_images_from_small_images(f, shape):
+    """conv1 + max-pool of up_f(s), computed on s (phases, edge corrections) = on up_f(s)."""
+    from quadformer.tokenize.scorers.backbones import FastShuffleNet
+
+    fast = FastShuffleNet.from_tap(ShuffleNetTap(_randomised_shufflenet(2), 8))
+    s = torch.randn(shape)
+    up = F.interpolate(s, scale_factor=f, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        ref = fast._stem(up)
+        out = fast._stem_up(s, f)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+        # and through the whole network, mixed with a plain pass
+        tap_ref = fast.forward_passes([up, up])
+        torch.testing.assert_close(fast.forward_passes([up, (s, f)]), tap_ref, rtol=0,
+                                   atol=1e-4 * tap_ref.abs().max().item())
+    with pytest.raises(ValueError, match="up-sampled"):
+        fast._stem_up(s, 8)

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("quadformer.cli.eval_cmd", "evaluate a checkpoint: top-1, GMACs per image, images/s"),
     "pretrain": ("quadformer.cli.pretrain_cmd", "pretrain with a scheme: supervised, -kd, ssl, ssl-then-supervised(-kd), joint"),
     "diversity": ("quadformer.cli.diversity_cmd", "filter/activation diversity (W1, W2, A1, A2, A3), per layer, delta vs init"),
+    "transfer": ("quadformer.cli.transfer_cmd", "transfer evaluation: linear / kNN / few-shot probes, fine-tuning, mAP"),
     "study": ("quadformer.cli.study_cmd", "run a study end to end (diversity-transfer): train, measure, report"),
     "train-scorer": ("quadformer.cli.train_scorer_cmd", "train the feature scorer's ShuffleNetV2 backbone"),
     "demo": ("quadformer.cli.demo", "the main job: run the end-to-end demo on the built-in data"),

@@ -540,6 +540,7 @@ class ShapesTexturesDataset(SuiteDataset):
     description = "upstream: 8 shapes x 5 textures (40 classes)"
     radius_range = (0.26, 0.42)
     noise_range = (0.01, 0.04)
+    rotation_range = (0.0, 2 * np.pi)  # radians
 
     @property
     def class_names(self) -> list[str]:
@@ -575,7 +576,7 @@ class ShapesTexturesDataset(SuiteDataset):
         radius = (rng.uniform(lo, hi, n) * S).astype(_F)
         cy = rng.uniform(0, 1, n) * (S - 2 * radius - 2) + radius + 1
         cx = rng.uniform(0, 1, n) * (S - 2 * radius - 2) + radius + 1
-        theta = rng.uniform(0, 2 * np.pi, n)
+        theta = rng.uniform(*self.rotation_range, n)
         period = (rng.uniform(0.16, 0.21, n) * S).astype(_F)
         phase_y = rng.uniform(0, 1, n) * period * 2
         phase_x = rng.uniform(0, 1, n) * period * 2

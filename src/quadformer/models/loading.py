@@ -60,6 +60,9 @@ def _default_image_size(model: nn.Module, fallback: int = 224) -> int:
     g = getattr(model, "geometry", None)
     if g is not None:
         return int(g.height)
+    size = getattr(model, "input_size", None)  # ours: the image size (patch_embed sees a token grid)
+    if size is not None:
+        return int(size[-1] if isinstance(size, (tuple, list)) else size)
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if size is not None:
         return int(size[0] if isinstance(size, (tuple, list)) else size)
