@@ -92,6 +92,16 @@ def test_two_stage_scheme_starts_stage_b_from_stage_a_with_new_head(tmp_path):
             torch.testing.assert_close(state[k], v, msg=k)
     torch.testing.assert_close(model.head.weight, head_before)  # new head, not stage A's
     assert (tmp_path / "s" / "model.safetensors").is_file()
+    # through run_scheme (resume="auto" on a fresh folder): stage B differs from plain supervised
+    sup = run_scheme("supervised", cfg_for(tmp_path), tmp_path / "sup")
+    b = load_file(tmp_path / "s" / "stage_b" / "model.safetensors")
+    s_ = load_file(tmp_path / "sup" / "model.safetensors")
+    assert sup["stages"] and not torch.equal(b["blocks.0.attn.qkv.weight"], s_["blocks.0.attn.qkv.weight"])
+    cfg0 = cfg_for(tmp_path / "b1", f"model.init_checkpoint={tmp_path / 's' / 'stage_a'}", "optim.lr=1e-12",
+                   "optim.weight_decay=0.0")
+    train(cfg0, resume="auto")  # lr ~ 0: stage B ends where stage A's weights put it
+    b1 = load_file(tmp_path / "b1" / "model.safetensors")
+    torch.testing.assert_close(b1["blocks.0.attn.qkv.weight"], a["blocks.0.attn.qkv.weight"])
     # a rerun reuses both finished stages (no training: same files)
     mtime = (tmp_path / "s" / "stage_b" / "last.pt").stat().st_mtime_ns
     run_scheme("ssl-then-supervised", cfg_for(tmp_path), tmp_path / "s", SchemeOptions())

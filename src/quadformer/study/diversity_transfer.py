@@ -58,13 +58,13 @@ class StudyConfig:
     image_size: int = 32
     train_size: int = 6000
     val_size: int = 1000
-    batch_size: int = 128
-    lr: float = 2e-3
+    batch_size: int = 64
+    lr: float = 1e-3
     sup_epochs: int = 12
-    ssl_epochs: int = 30
-    ssl_lr: float = 2e-3
-    teacher_epochs: int = 30
-    long_factor: int = 3
+    ssl_epochs: int = 16
+    ssl_lr: float = 1e-3
+    teacher_epochs: int = 16
+    long_factor: int = 2
     joint_lambda: float = 0.3
     probe_grid: str = "full"
     upstream_probe_train: int = 3000  # upstream linear probe: train images (A)
@@ -74,8 +74,9 @@ class StudyConfig:
 
     @classmethod
     def quick(cls, **kw: Any) -> "StudyConfig":
-        base = dict(seeds=2, train_size=2000, val_size=500, sup_epochs=4, ssl_epochs=6, teacher_epochs=6,
-                    long_factor=2, probe_grid="smoke", upstream_probe_train=1000, diversity_images=500)
+        base = dict(seeds=2, train_size=1024, val_size=500, batch_size=64, sup_epochs=3, ssl_epochs=3,
+                    teacher_epochs=3, long_factor=2, probe_grid="smoke", upstream_probe_train=1000,
+                    diversity_images=500)
         base.update(kw)
         return cls(**base)
 

@@ -397,7 +397,9 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
 
     # Model, objective, optimiser, schedule
     model = given_model if given_model is not None else build_model(cfg, data.num_classes)
-    if cfg.model.init_checkpoint and not resume:
+    if resume == "auto":
+        resume = out / "last.pt" if (out / "last.pt").exists() else None
+    if cfg.model.init_checkpoint and not resume:  # a resumed run has its own weights
         init_from_checkpoint(model, cfg)
     model = model.to(device)
     objective = build_objective(cfg.objective, model, data.multilabel, cfg.optim.label_smoothing, info.enabled,
