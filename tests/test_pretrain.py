@@ -3,9 +3,6 @@ initialisation, resume of self-supervised runs, DDP, clear errors."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +15,7 @@ from quadformer.train.objectives import kd_loss, views_transform
 from quadformer.train.schemes import SCHEMES, SchemeOptions, run_scheme
 from quadformer.utils.errors import QuadformerError
 
-from .test_train import _cli, _env, _free_port, assert_same_weights, weights
+from .test_train import assert_same_weights, train_one_and_ddp, weights
 
 TINY = [
     "model.name=uniform_vit_nano_patch4_32", "model.num_patches=64",
@@ -147,15 +144,7 @@ def test_ssl_on_quadformer_and_timm_resnet(tmp_path):
 
 @pytest.mark.slow
 def test_simclr_ddp_two_gloo_processes_match_one_process(tmp_path):
-    args = TINY + ["objective.kind=ssl", "optim.clip_grad=null"]
-    one = subprocess.run(_cli("train", *args, f"output.dir={tmp_path / 'one'}"), env=_env(),
-                         capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "-m", "quadformer.cli.main", "train", *args,
-         f"output.dir={tmp_path / 'two'}"], env=_env(), capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
+    one, two = train_one_and_ddp(TINY + ["objective.kind=ssl", "optim.clip_grad=null"], tmp_path)
     # negatives are gathered across processes: the same loss, summed in another order (AdamW
     # turns the last-bit differences of the first steps into ~1e-5 weight differences)
-    assert_same_weights(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"), atol=1e-4)
+    assert_same_weights(weights(one / "last.pt"), weights(two / "last.pt"), atol=1e-4)

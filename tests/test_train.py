@@ -116,20 +116,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_gloo_processes_match_one_process(tmp_path):
-    args = TINY + ["train.epochs=1", "optim.clip_grad=null"]
-    one = subprocess.run(_cli("train", *args, f"output.dir={tmp_path / 'one'}"), env=_env(),
+def train_one_and_ddp(args: list[str], out: Path) -> tuple[Path, Path]:
+    """``quadformer train args`` in one process and in two gloo processes (torch.distributed.run);
+    their output folders."""
+    one = subprocess.run(_cli("train", *args, f"output.dir={out / 'one'}"), env=_env(),
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
          "--master_port", str(_free_port()), "-m", "quadformer.cli.main", "train", *args,
-         f"output.dir={tmp_path / 'two'}"],
+         f"output.dir={out / 'two'}"],
         env=_env(), capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert_same_weights(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"), atol=1e-5)
-    a = list(csv.DictReader(open(tmp_path / "one" / "metrics.csv")))[0]
-    b = list(csv.DictReader(open(tmp_path / "two" / "metrics.csv")))[0]
+    return out / "one", out / "two"
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    one, two = train_one_and_ddp(TINY + ["train.epochs=1", "optim.clip_grad=null"], tmp_path)
+    assert_same_weights(weights(one / "last.pt"), weights(two / "last.pt"), atol=1e-5)
+    a = list(csv.DictReader(open(one / "metrics.csv")))[0]
+    b = list(csv.DictReader(open(two / "metrics.csv")))[0]
     assert float(a["val_top1"]) == pytest.approx(float(b["val_top1"]), abs=1e-6)
     assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-4)
 

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="init seed for Δ vs init (default: the checkpoint's config seed, else 0)")
     p.add_argument("--no-init", action="store_true", help="skip the fresh-init reference (no Δ vs init)")
     p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
-                   help="last.pt: its EMA weights when present (auto, as quadformer.models.loading does), "
+                   help="last.pt: its EMA weights when present (auto), "
                         "insist on them (ema), or the raw weights (model)")
     p.add_argument("--qkv", choices=("split", "fused"), default="split", help="attention qkv as q, k, v or one layer")
     p.add_argument("--a2-tokens", action="store_true", help="also A2 with every token/position a sample")
@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..diversity.loading import load_model
+    from ..models.loading import load_model
     from ..diversity.measure import feature_dim, item_images, recommended_num_images
     from ..diversity.plot import plot_per_layer
     from ..diversity.report import format_table, fresh_init, measure_diversity, write_csv, write_json
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"{source} {args.split} has {n_avail} images < {num_images} probe images wanted; using all "
                      f"(raise --data-size)")
     init_model = None if args.no_init else fresh_init(lm.factory, lm.init_seed)
-    if init_model is not None and not lm.init_seed_known and lm.source != "timm":
+    if init_model is not None and not lm.init_seed_known and lm.kind != "timm":
         notes.append(f"the checkpoint does not record its init seed; Δ vs init uses seed {lm.init_seed} (--init-seed)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -98,11 +98,11 @@ def run(args: argparse.Namespace) -> int:
                                 device=device, seed=args.probe_seed, qkv=args.qkv, a2_tokens=args.a2_tokens,
                                 max_rows=args.max_rows)
     res["warnings"] = notes + res["warnings"]
-    out = args.out or (Path(args.model).resolve().parent / "diversity" if lm.source != "timm"
+    out = args.out or (Path(args.model).resolve().parent / "diversity" if lm.kind != "timm"
                        else Path("runs") / "diversity" / lm.name)
     import timm
 
-    header = {"model": str(args.model), "architecture": lm.name, "source": lm.source, "checkpoint_sha256": lm.sha256,
+    header = {"model": str(args.model), "architecture": lm.name, "source": lm.kind, "checkpoint_sha256": lm.sha256,
               "weights": lm.weights, "init_seed": None if args.no_init else lm.init_seed,
               "data": {"source": source, "split": args.split, "data_seed": data_seed, "image_size": lm.image_size,
                        "size": n_avail},

@@ -11,7 +11,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -77,7 +77,8 @@ def _subset_indices(n: int, max_samples: int | None, seed: int) -> np.ndarray | 
 
 
 class _ClassList:
-    """Metadata shared by the single-label real-data sets (``self.classes`` holds the names)."""
+    """Class metadata of the real-data sets (``self.classes`` holds the names); single-label
+    unless a subclass sets ``multilabel = True``."""
 
     classes: list[str]
     multilabel = False
@@ -91,7 +92,74 @@ class _ClassList:
         return len(self.classes)
 
 
-class ImageFolderDataset(_ClassList, Dataset):
+class _ImageFiles:
+    """Unreadable-file policy of the data sets that decode image files: a broken file is logged
+    once (``logging`` warning naming the path), recorded in :attr:`skipped_paths`, never tried
+    again and replaced by the next readable sample; with ``on_error="raise"``, an ``OSError``
+    naming the path instead. Subclasses set ``root``, ``transform``, ``max_retries`` and
+    ``skipped_paths = []`` / ``_skipped = set()``."""
+
+    root: Path
+    transform: Callable | None
+    max_retries: int
+    skipped_paths: list[str]
+    _skipped: set[str]
+    on_error = "skip"
+
+    @property
+    def num_skipped(self) -> int:
+        """Number of distinct unreadable files found so far (at scan or load time)."""
+        return len(self.skipped_paths)
+
+    def _unreadable(self, path: str, exc: BaseException) -> None:
+        if self.on_error == "raise":
+            raise OSError(f"cannot read image {path} ({type(exc).__name__}: {exc})") from exc
+        if path in self._skipped:
+            return
+        self._skipped.add(path)
+        self.skipped_paths.append(path)
+        log.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
+
+    @staticmethod
+    def load_image(path: str) -> Image.Image:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")  # convert() forces the full decode
+
+    def _verified(self, paths: Sequence[str]) -> list[int]:
+        """Indices of the ``paths`` whose header ``PIL.Image.verify`` accepts."""
+        good = []
+        for i, path in enumerate(paths):
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+            except _DECODE_ERRORS as e:
+                self._unreadable(path, e)
+            else:
+                good.append(i)
+        return good
+
+    def _load(self, index: int, n: int, path_of: Callable[[int], str]) -> tuple[Any, int]:
+        """(transformed image, sample index) of the first readable of the ``n`` samples from
+        ``index`` on; ``path_of(j)`` is the file of sample ``j``."""
+        j = index % n if index >= 0 else index + n
+        for _ in range(min(self.max_retries, n)):
+            path = path_of(j)
+            if path not in self._skipped:
+                try:
+                    img = self.load_image(path)
+                except _DECODE_ERRORS as e:
+                    self._unreadable(path, e)
+                else:
+                    return (img if self.transform is None else self.transform(img)), j
+            j = (j + 1) % n
+        raise RuntimeError(
+            f"could not read image {index} of {self.root} nor any of the next {self.max_retries - 1} "
+            f"samples; {self.num_skipped} unreadable files so far (last: {self.skipped_paths[-1:]})"
+        )
+
+
+class ImageFolderDataset(_ClassList, _ImageFiles, Dataset):
     """``root/<class>/**/<image>`` (ImageNet layout) with corrupt-file handling.
 
     Args:
@@ -153,16 +221,7 @@ class ImageFolderDataset(_ClassList, Dataset):
         self.skipped_paths: list[str] = []
         self._skipped: set[str] = set()
         if verify:
-            good = []
-            for path, label in samples:
-                try:
-                    with Image.open(path) as im:
-                        im.verify()
-                except _DECODE_ERRORS as e:
-                    self._report(path, e)
-                else:
-                    good.append((path, label))
-            samples = good
+            samples = [samples[i] for i in self._verified([path for path, _ in samples])]
             if not samples:
                 raise RuntimeError(f"every image under {self.root} failed verification")
         self.samples = samples
@@ -176,47 +235,12 @@ class ImageFolderDataset(_ClassList, Dataset):
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
 
-    @property
-    def num_skipped(self) -> int:
-        """Number of distinct unreadable files found so far (at scan or load time)."""
-        return len(self.skipped_paths)
-
     def __len__(self) -> int:
         return len(self.samples)
 
-    # -- loading
-    def _report(self, path: str, exc: BaseException) -> None:
-        if path in self._skipped:
-            return
-        self._skipped.add(path)
-        self.skipped_paths.append(path)
-        log.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
-
-    @staticmethod
-    def load_image(path: str) -> Image.Image:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")  # convert() forces the full decode
-
     def __getitem__(self, index: int):
-        n = len(self.samples)
-        j = index % n if index >= 0 else index + n
-        for _ in range(min(self.max_retries, n)):
-            path, label = self.samples[j]
-            if path not in self._skipped:
-                try:
-                    img = self.load_image(path)
-                except _DECODE_ERRORS as e:
-                    self._report(path, e)
-                else:
-                    if self.transform is not None:
-                        img = self.transform(img)
-                    return img, label
-            j = (j + 1) % n
-        raise RuntimeError(
-            f"could not read image {index} of {self.root} nor any of the next {self.max_retries - 1} "
-            f"samples; {self.num_skipped} unreadable files so far (last: {self.skipped_paths[-1:]})"
-        )
+        img, j = self._load(index, len(self.samples), lambda j: self.samples[j][0])
+        return img, self.samples[j][1]
 
     def __repr__(self) -> str:
         return f"ImageFolderDataset(root={str(self.root)!r}, images={len(self)}, classes={self.num_classes})"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -26,10 +25,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from .folders import _DECODE_ERRORS, ImageFolderDataset, _subset_indices, create_transforms
+from .folders import _ClassList, _ImageFiles, _subset_indices, create_transforms
 
 __all__ = [
     "VOC_CLASSES",
@@ -40,8 +38,6 @@ __all__ = [
     "CSVMultiLabel",
 ]
 
-log = logging.getLogger(__name__)
-
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -50,26 +46,17 @@ VOC_CLASSES = (
 DIFFICULT_POLICIES = ("ignore", "positive", "exclude")
 
 
-class MultiLabelFiles(Dataset):
+class MultiLabelFiles(_ClassList, _ImageFiles, Dataset):
     """Base class: a list of image paths with a float32 multi-hot matrix.
 
     Subclasses set ``self.root``, ``self.classes``, ``self.paths`` (list of str) and
     ``self._targets`` (float32 ``[N, C]``), then call :meth:`_finish`."""
 
     multilabel = True
-    classes: list[str]
     paths: list[str]
     _targets: np.ndarray
 
     # -- metadata
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.classes)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
     @property
     def targets(self) -> np.ndarray:
         """float32 multi-hot ``[N, C]``."""
@@ -78,10 +65,6 @@ class MultiLabelFiles(Dataset):
     @property
     def samples(self) -> list[tuple[str, np.ndarray]]:
         return list(zip(self.paths, self._targets))
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self.skipped_paths)
 
     def class_counts(self) -> np.ndarray:
         return self._targets.sum(0).astype(np.int64)
@@ -114,17 +97,7 @@ class MultiLabelFiles(Dataset):
         self.skipped_paths: list[str] = []
         self._skipped: set[str] = set()
         if verify:
-            good = []
-            for i, path in enumerate(self.paths):
-                try:
-                    with Image.open(path) as im:
-                        im.verify()
-                except _DECODE_ERRORS as e:
-                    if on_error == "raise":
-                        raise OSError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
-                    self._report(path, e)
-                else:
-                    good.append(i)
+            good = self._verified(self.paths)
             if len(good) < len(self.paths):
                 self._select(np.asarray(good, np.int64), keep_arrays)
             if not self.paths:
@@ -140,39 +113,11 @@ class MultiLabelFiles(Dataset):
             arr = getattr(self, name)
             setattr(self, name, arr[keep] if isinstance(arr, np.ndarray) else [arr[i] for i in keep])
 
-    # -- loading (same policy as ImageFolderDataset)
-    def _report(self, path: str, exc: BaseException) -> None:
-        if path in self._skipped:
-            return
-        self._skipped.add(path)
-        self.skipped_paths.append(path)
-        log.warning("skipping unreadable image %s (%s: %s)", path, type(exc).__name__, exc)
-
-    load_image = staticmethod(ImageFolderDataset.load_image)
-
     def __getitem__(self, index: int):
-        n = len(self.paths)
-        if n == 0:
+        if not self.paths:
             raise IndexError("empty dataset")
-        j = index % n if index >= 0 else index + n
-        for _ in range(min(self.max_retries, n)):
-            path = self.paths[j]
-            if path not in self._skipped:
-                try:
-                    img = self.load_image(path)
-                except _DECODE_ERRORS as e:
-                    if self.on_error == "raise":
-                        raise OSError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
-                    self._report(path, e)
-                else:
-                    if self.transform is not None:
-                        img = self.transform(img)
-                    return img, torch.from_numpy(self._targets[j].copy())
-            j = (j + 1) % n
-        raise RuntimeError(
-            f"could not read image {index} of {self.root} nor any of the next {self.max_retries - 1} "
-            f"samples; {self.num_skipped} unreadable files so far (last: {self.skipped_paths[-1:]})"
-        )
+        img, j = self._load(index, len(self.paths), self.paths.__getitem__)
+        return img, torch.from_numpy(self._targets[j].copy())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, images={len(self)}, classes={self.num_classes})"

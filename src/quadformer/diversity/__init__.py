@@ -6,7 +6,7 @@ A1/A2/A3, per layer, model means and Δ vs init.
 """
 
 from .layers import activation_taps, classifier_modules, filter_layers, filter_modules, is_vit
-from .loading import LoadedModel, load_model
+from ..models.loading import LoadedModel, load_model
 from .measure import (
     ProbeFeatures,
     activation_diversity,

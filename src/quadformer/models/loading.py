@@ -1,9 +1,22 @@
 """One way to turn a user's MODEL argument into a ready network.
 
-``load_model(spec)`` accepts a timm model name (random init, never downloaded), a
-``model.safetensors`` export of ``quadformer train`` / ``pretrain`` (its JSON metadata
-rebuilds the exact architecture), a training checkpoint ``last.pt`` (read with
-``weights_only=True``; the EMA weights when present), or a run folder holding either.
+``load_model(spec)`` accepts
+
+* a timm model name: random init under ``seed`` (``init_seed``), never downloaded;
+* a ``model.safetensors`` export of ``quadformer train`` / ``pretrain``: its sibling
+  ``model.json`` (or, when missing, the same JSON in the safetensors metadata) rebuilds the
+  exact architecture; the run's ``config.yaml`` beside it, when it describes the same model,
+  gives the init seed and the data config;
+* a training checkpoint ``last.pt`` (read with ``weights_only=True``; ``weights="auto"`` takes
+  the EMA weights when present, ``"ema"`` insists on them, ``"model"`` takes the raw ones);
+* a bare state dict (``.pt``/``.pth``/``.safetensors`` without metadata) with ``arch=`` a timm
+  name;
+* a run folder holding ``model.safetensors`` or ``last.pt``.
+
+Every load is strict: a checkpoint of another architecture fails with one
+:class:`~quadformer.utils.errors.QuadformerError` line naming the fix. The returned
+``factory`` rebuilds the architecture with fresh weights (Δ vs init:
+``fresh_init(lm.factory, lm.init_seed)``).
 """
 
 from __future__ import annotations
@@ -12,38 +25,59 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..utils.errors import QuadformerError
 
+__all__ = ["LoadedModel", "load_model", "read_checkpoint", "backbone_state", "create_from_config", "file_digest"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+_HEAD_WEIGHTS = ("head.weight", "fc.weight", "classifier.weight", "head.fc.weight")
 
 
 @dataclass
 class LoadedModel:
     model: nn.Module
-    name: str  # timm name
+    name: str  # timm architecture name
     image_size: int
     num_classes: int
     source: str  # what the user passed
-    digest: str  # content hash of the weights file, or "init:<name>:<seed>"
+    digest: str  # short sha256 of the weights file, or "init:<name>:<seed>"
     model_config: dict[str, Any] = field(default_factory=dict)  # ModelConfig as a dict
     multilabel: bool = False
     class_names: list[str] = field(default_factory=list)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    factory: Callable[[], nn.Module] | None = None  # same architecture, fresh random weights
+    kind: str = "timm"  # "timm", "export", "train_checkpoint" or "state_dict"
+    init_seed: int = 0  # the seed the weights were initialised under (Δ vs init)
+    init_seed_known: bool = True  # False: the checkpoint does not record its seed (default used)
+    weights: str = "init"  # "init" (timm name), "model", or "ema" (a training checkpoint's EMA weights)
+    data: dict[str, Any] = field(default_factory=dict)  # training data config, when known
+    sha256: str | None = None  # full sha256 of the weights file
+    path: Path | None = None  # the weights file read
 
 
-def file_digest(path: str | Path) -> str:
+def _sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    return _sha256(path)[:16]
+
+
+def _is_ours(name: str) -> bool:
+    return name.startswith(("quadformer_", "uniform_vit_"))
 
 
 def create_from_config(model_cfg: dict[str, Any], image_size: int, num_classes: int) -> nn.Module:
@@ -53,7 +87,42 @@ def create_from_config(model_cfg: dict[str, Any], image_size: int, num_classes: 
 
     cfg = load_config(base={"model": {k: v for k, v in model_cfg.items() if k != "vanilla_checkpoint"},
                             "data": {"image_size": int(image_size)}})
-    return build_model(cfg, num_classes)
+    try:
+        return build_model(cfg, num_classes)
+    except TypeError as e:
+        raise QuadformerError(f"cannot build {model_cfg.get('name')!r} with kwargs {model_cfg.get('kwargs')}: "
+                              f"{e}; fix the model kwargs") from None
+
+
+def _create_timm(name: str, num_classes: int, image_size: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model`` without pretrained weights; ``image_size`` also goes to timm models
+    that take ``img_size`` (ViTs), ours always get it (as ``quadformer train`` does)."""
+    import timm
+
+    import quadformer.models  # noqa: F401  (registers our models)
+
+    kw = {k: v for k, v in kwargs.items() if k not in ("vanilla_checkpoint", "pretrained", "checkpoint_path")}
+    kw["num_classes"] = num_classes
+    if image_size is not None and "img_size" not in kw:
+        if _is_ours(name):
+            kw["img_size"] = image_size
+        else:
+            try:  # fixed-size timm models (ViTs) take img_size; CNNs do not (TypeError before any init)
+                return timm.create_model(name, pretrained=False, img_size=image_size, **kw)
+            except TypeError:
+                pass
+    try:
+        return timm.create_model(name, pretrained=False, **kw)
+    except (TypeError, RuntimeError) as e:
+        raise QuadformerError(f"cannot build {name!r} with {kw}: {e}; fix the model kwargs") from None
+
+
+def _unknown_name(spec: str) -> QuadformerError:
+    import timm
+
+    close = timm.list_models(f"*{spec.split('_')[0]}*")[:6]
+    return QuadformerError(f"{spec!r} is neither a checkpoint file nor a timm model name"
+                           + (f"; e.g. {', '.join(close)}" if close else ""))
 
 
 def _default_image_size(model: nn.Module, fallback: int = 224) -> int:
@@ -70,23 +139,47 @@ def _default_image_size(model: nn.Module, fallback: int = 224) -> int:
     return int(cfg.get("input_size", (3, fallback, fallback))[-1])
 
 
-def _resolve(spec: str) -> Path | None:
-    p = Path(spec)
+def _resolve(spec: str | Path) -> Path | None:
+    """The weights file ``spec`` names, or None for a timm model name."""
+    p, s = Path(spec), str(spec)
     if p.is_dir():
         for name in ("model.safetensors", "last.pt"):
             if (p / name).is_file():
                 return p / name
         raise QuadformerError(f"{p} holds neither model.safetensors nor last.pt; pass a checkpoint file or a "
                               f"timm model name")
-    if p.suffix in (".safetensors", ".pt", ".pth", ".bin") or "/" in spec or "\\" in spec:
-        if not p.is_file():
-            raise QuadformerError(f"checkpoint not found: {p}")
+    if p.is_file():
         return p
+    if s.endswith(_WEIGHT_SUFFIXES) or "/" in s or "\\" in s:
+        raise QuadformerError(f"checkpoint not found: {p}; pass an existing file or a timm model name")
     return None
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, metadata with model/image_size/num_classes/...) of an export or last.pt."""
+def _run_config(path: Path, model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The run's ``config.yaml`` beside an export (seed, data), if it describes the same model."""
+    f = path.parent / "config.yaml"
+    if not f.is_file():
+        return {}
+    try:
+        import yaml
+
+        cfg = yaml.safe_load(f.read_text()) or {}
+    except Exception:  # noqa: BLE001  (unreadable: ignore, the export is self-describing)
+        return {}
+    m = cfg.get("model") if isinstance(cfg, dict) else None
+    if not isinstance(m, dict) or any(m.get(k) != model_cfg.get(k) for k in ("name", "num_patches", "kwargs")):
+        return {}
+    return cfg
+
+
+def _read(path: Path, weights: str = "auto") -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(state dict, metadata or None for bare weights) of a weights file.
+
+    The metadata holds ``model``, ``image_size``, ``num_classes``, ``multilabel``,
+    ``class_names`` and, when known, ``seed`` and ``data``; plus ``kind`` (export or
+    train_checkpoint), ``weights`` (model or ema) and ``fix`` (what a mismatch means)."""
+    if weights not in ("auto", "ema", "model"):
+        raise ValueError(f"weights={weights!r}; use 'auto', 'ema' or 'model'")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -96,68 +189,171 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
                 meta_raw = (f.metadata() or {}).get("quadformer")
             state = load_file(str(path))
         except Exception as e:  # noqa: BLE001
-            raise QuadformerError(f"cannot read {path} ({e.__class__.__name__}: {e})") from None
+            raise QuadformerError(f"cannot read {path} as safetensors ({e.__class__.__name__}); expected a "
+                                  f"model.safetensors written by `quadformer train`") from None
         side = path.with_suffix(".json")
-        if meta_raw is None and side.is_file():
+        if side.is_file():  # the sibling wins: it is what a user edits
             meta_raw = side.read_text()
         if meta_raw is None:
-            raise QuadformerError(f"{path} carries no quadformer metadata (model name, image size); it was not "
-                                  f"written by quadformer train. Load it into a timm model with "
-                                  f"model.vanilla_checkpoint instead")
-        return state, json.loads(meta_raw)
+            return state, None
+        try:
+            meta = json.loads(meta_raw)
+        except json.JSONDecodeError as e:
+            raise QuadformerError(f"the metadata of {path} is not valid JSON ({e.msg}); re-export the model") from None
+        run_cfg = _run_config(path, dict(meta.get("model") or {}))
+        if "seed" not in meta and "seed" in run_cfg:
+            meta["seed"] = run_cfg["seed"]
+        meta.setdefault("data", dict(run_cfg.get("data") or {}))
+        meta.update(kind="export", weights="model",
+                    fix=f"{side.name} describes another model than these weights; re-export the model")
+        return state, meta
     from ..train.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path)
-    if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
-        raise QuadformerError(f"{path} is not a quadformer training checkpoint (no config/model entries)")
-    cfg = ck["config"]
-    meta = {"model": cfg["model"], "image_size": cfg["data"]["image_size"], "num_classes": ck.get("num_classes"),
-            "multilabel": ck.get("multilabel", False), "class_names": ck.get("class_names", [])}
-    state = ck.get("ema") or ck["model"]
+    if isinstance(ck, dict) and "config" in ck and isinstance(ck.get("model"), dict):
+        cfg = ck["config"]
+        ema = ck.get("ema")
+        if weights == "ema" and not ema:
+            raise QuadformerError(f"{path} holds no EMA weights (trained with train.ema_decay=0); use --weights model")
+        used = "model" if weights == "model" or not ema else "ema"
+        data = dict(cfg.get("data") or {})
+        meta = {"model": cfg["model"], "image_size": data.get("image_size"), "num_classes": ck.get("num_classes"),
+                "multilabel": ck.get("multilabel", False), "class_names": ck.get("class_names", []), "data": data,
+                "kind": "train_checkpoint", "weights": used,
+                "fix": "the checkpoint's config does not match its weights; pass a checkpoint written by "
+                       "`quadformer train`"}
+        if "seed" in cfg:
+            meta["seed"] = cfg["seed"]
+        return ck[used], meta
+    state = ck.get("state_dict", ck.get("model", ck)) if isinstance(ck, dict) else ck
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise QuadformerError(f"{path} is neither a quadformer training checkpoint nor a state dict; pass last.pt "
+                              f"or model.safetensors written by `quadformer train`")
+    return state, None
+
+
+def read_checkpoint(path: Path, weights: str = "auto") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, metadata with model/image_size/num_classes/...) of an export or last.pt."""
+    state, meta = _read(Path(path), weights)
+    if meta is None:
+        raise QuadformerError(f"{path} carries no quadformer metadata (model name, image size); it was not "
+                              f"written by quadformer train. Pass --arch <timm name>, or load it into a timm "
+                              f"model with model.vanilla_checkpoint")
     return state, meta
 
 
-def load_model(spec: str, num_classes: int | None = None, device: str | torch.device = "cpu",
-               seed: int = 0, image_size: int | None = None) -> LoadedModel:
-    """Build the network ``spec`` names, in eval mode on ``device``.
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str, fix: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise QuadformerError(f"checkpoint {path} does not fit architecture {name!r}: {'; '.join(parts)}; {fix}")
+    model.load_state_dict(state)
 
-    ``num_classes`` replaces the head (``0`` = none: features only) for a checkpoint; for a
-    timm name it sets the head size. A fresh timm model is initialised under ``seed``."""
+
+def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
+
+
+def load_model(spec: str | Path, num_classes: int | None = None, device: str | torch.device = "cpu",
+               seed: int = 0, image_size: int | None = None, *, arch: str | None = None,
+               init_seed: int | None = None, model_kwargs: dict[str, Any] | None = None,
+               weights: str = "auto") -> LoadedModel:
+    """Build the network ``spec`` names (see the module doc), in eval mode on ``device``.
+
+    ``num_classes`` replaces the head of a checkpoint (``0`` = none: features only); for a
+    timm name it sets the head size (default 0). A fresh timm model is initialised under
+    ``init_seed`` (default ``seed``). ``image_size`` overrides the checkpoint's (our models
+    are built for it). ``arch`` is the timm name of a bare state dict; ``model_kwargs`` extra
+    ``timm.create_model`` kwargs; ``weights`` picks a training checkpoint's EMA or raw weights."""
     import timm
 
     import quadformer.models  # noqa: F401  (registers our models)
 
+    if weights not in ("auto", "ema", "model"):
+        raise ValueError(f"weights={weights!r}; use 'auto', 'ema' or 'model'")
+    extra = dict(model_kwargs or {})
     path = _resolve(spec)
     if path is None:
-        if not timm.is_model(spec):
-            close = timm.list_models(f"*{spec.split('_')[0]}*")[:6]
-            raise QuadformerError(f"{spec!r} is neither a checkpoint file nor a timm model name"
-                                  + (f"; e.g. {', '.join(close)}" if close else ""))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            kwargs: dict[str, Any] = {"num_classes": 0 if num_classes is None else num_classes}
-            if image_size is not None and spec.startswith(("quadformer_", "uniform_vit_")):
-                kwargs["img_size"] = image_size
-            model = timm.create_model(spec, pretrained=False, **kwargs)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        return LoadedModel(model.to(device).eval(), spec, image_size or _default_image_size(model),
-                           int(kwargs["num_classes"]), spec, f"init:{spec}:{seed}", {"name": spec},
-                           mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)))
+        name = str(spec)
+        if not timm.is_model(name):
+            raise _unknown_name(name)
+        seed_ = int(seed if init_seed is None else init_seed)
+        ncls = 0 if num_classes is None else int(num_classes)
 
-    state, meta = read_checkpoint(path)
-    model_cfg, size = dict(meta["model"]), int(meta["image_size"])
-    trained_classes = int(meta.get("num_classes") or 0)
-    model = create_from_config(model_cfg, size, trained_classes)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise QuadformerError(f"{path} does not match architecture {model_cfg['name']!r}: "
-                              f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
-                              f"(e.g. {unexpected[:2]})")
-    if num_classes is not None and num_classes != trained_classes:
+        def factory_timm() -> nn.Module:
+            return _create_timm(name, ncls, image_size, extra)
+
+        model = _seeded(factory_timm, seed_)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        return LoadedModel(model.to(device).eval(), name, int(image_size or _default_image_size(model)), ncls,
+                           str(spec), f"init:{name}:{seed_}", {"name": name, **({"kwargs": extra} if extra else {})},
+                           mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
+                           factory=factory_timm, kind="timm", init_seed=seed_, init_seed_known=True, weights="init")
+
+    state, meta = _read(path, weights)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    if meta is None:  # bare weights: the architecture comes from arch
+        if not arch:
+            raise QuadformerError(f"{path} holds bare weights without a model description; pass --arch "
+                                  f"<timm name> (or use the model.safetensors + model.json export)")
+        if not timm.is_model(arch):
+            raise _unknown_name(arch)
+        heads = [k for k in _HEAD_WEIGHTS if k in state]
+        trained = int(state[heads[0]].shape[0]) if heads else 0  # no classifier weights: a headless model
+        name, size, model_cfg, kind, used = arch, image_size, {"name": arch}, "state_dict", "model"
+        seed_known, seed_ = False, int(seed if init_seed is None else init_seed)
+        fix = f"pass the --arch these weights were trained with (not {arch!r})"
+
+        def build() -> nn.Module:
+            return _create_timm(arch, trained, size, extra)
+    else:
+        model_cfg = dict(meta.get("model") or {})
+        name = model_cfg.get("name")
+        if not name:
+            raise QuadformerError(f"{path} does not name its model architecture; re-export it with `quadformer train`")
+        if arch and arch != name:
+            raise QuadformerError(f"--arch {arch} contradicts the checkpoint's model {name!r}; drop --arch")
+        if extra:
+            model_cfg["kwargs"] = {**(model_cfg.get("kwargs") or {}), **extra}
+        size = image_size if image_size is not None else meta.get("image_size")
+        if size is None:
+            raise QuadformerError(f"{path} does not record its image size; pass image_size (--image-size)")
+        trained = int(meta.get("num_classes") or 0)
+        kind, used, fix = meta["kind"], meta["weights"], meta["fix"]
+        seed_known = "seed" in meta
+        seed_ = int(init_seed if init_seed is not None else meta.get("seed", seed))
+
+        def build() -> nn.Module:
+            return create_from_config(model_cfg, int(size), trained)
+
+    def factory() -> nn.Module:
+        m = build()
+        if num_classes is not None and num_classes != trained:
+            m.reset_classifier(num_classes)
+        return m
+
+    model = build()  # unseeded, as always: its weights are all replaced below
+    _load_strict(model, state, path, name, fix)
+    if num_classes is not None and num_classes != trained:
         model.reset_classifier(num_classes)
-    return LoadedModel(model.to(device).eval(), model_cfg["name"], size,
-                       trained_classes if num_classes is None else num_classes, spec, file_digest(path), model_cfg,
-                       bool(meta.get("multilabel", False)), list(meta.get("class_names", [])))
+    sha = _sha256(path)
+    return LoadedModel(model.to(device).eval(), name, int(size) if size is not None else _default_image_size(model),
+                       trained if num_classes is None else int(num_classes), str(spec), sha[:16], model_cfg,
+                       bool((meta or {}).get("multilabel", False)), list((meta or {}).get("class_names") or []),
+                       factory=factory, kind=kind, init_seed=seed_, init_seed_known=seed_known, weights=used,
+                       data=dict((meta or {}).get("data") or {}), sha256=sha, path=path)
 
 
 def backbone_state(spec: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
