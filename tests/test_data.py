@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from quadformer.utils.errors import QuadformerError
 from quadformer.data import (
     BuiltinDataset,
     CIFARDataset,
@@ -339,7 +340,7 @@ def test_imagefolder_errors(tmp_path):
     (tmp_path / "allbad" / "a").mkdir(parents=True)
     (tmp_path / "allbad" / "a" / "x.png").write_bytes(b"junk")
     ds = ImageFolderDataset(tmp_path / "allbad")
-    with pytest.raises(RuntimeError, match="could not read image 0"):
+    with pytest.raises(QuadformerError, match="could not read image 0"):
         ds[0]
 
 

@@ -439,3 +439,26 @@ def test_cli_linear_and_knn_on_yaml_tasks(tmp_path, capsys):
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 5 and all(r.split(",")[-2] == "True" for r in rows[1:])
     assert "headline: logit_mean" in capsys.readouterr().out
+
+
+def test_cli_label_sets_and_wrong_checkpoint_fail_before_work(tmp_path, capsys):
+    """A test CSV with a class train never saw, and a file that is no checkpoint: one line, rc 2."""
+    from PIL import Image
+
+    from quadformer.cli.main import main
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / name)
+    (tmp_path / "train.csv").write_text("path,labels\na.png,cat\nb.png,dog\n")
+    (tmp_path / "test.csv").write_text("path,labels\na.png,cat;zebra\nb.png,dog\n")
+    (tmp_path / "tasks.yaml").write_text("tasks:\n  - name: pets\n    train: csv:train.csv\n    test: csv:test.csv\n"
+                                         "    split_train: all\n    split_test: all\n")
+    rc = main(["transfer", "uniform_vit_nano_patch4_32", "--tasks", str(tmp_path / "tasks.yaml"), "--no-progress",
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "zebra" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()  # nothing was started
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    rc = main(["transfer", str(tmp_path / "junk.pt"), "--tasks", "builtin", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "junk.pt" in err and len(err.splitlines()) == 1, err

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from ..transfer.finetune import LR_GRIDS
     from ..transfer.probes import _jsonable
     from ..transfer.runner import ProtocolOptions, evaluate_task
-    from ..transfer.tasks import load_tasks
+    from ..transfer.tasks import check_label_spaces, load_tasks
     from ..utils.errors import QuadformerError
 
     # -- validate everything before any work
@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.image_size is not None and args.image_size < 8:
         raise QuadformerError(f"--image-size {args.image_size} is too small")
     tasks = load_tasks(args.tasks)
+    check_label_spaces(tasks)
     protocols = list(dict.fromkeys(args.protocol))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..utils.errors import QuadformerError
 from .builtin import IMAGENET_MEAN, IMAGENET_STD, BuiltinDataset, list_tasks
 
 __all__ = [
@@ -153,9 +154,10 @@ class _ImageFiles:
                 else:
                     return (img if self.transform is None else self.transform(img)), j
             j = (j + 1) % n
-        raise RuntimeError(
+        raise QuadformerError(
             f"could not read image {index} of {self.root} nor any of the next {self.max_retries - 1} "
-            f"samples; {self.num_skipped} unreadable files so far (last: {self.skipped_paths[-1:]})"
+            f"samples; {self.num_skipped} unreadable files so far (last: {self.skipped_paths[-1:]}); "
+            f"check or remove those files"
         )
 
 

@@ -33,8 +33,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise QuadformerError(f"cannot read checkpoint {path} ({e.__class__.__name__}: {e}); expected a file "
-                              f"written by `quadformer train` (last.pt)") from None
+        first = (str(e).strip().splitlines() or [""])[0][:160]  # torch's messages run to many lines
+        raise QuadformerError(f"cannot read checkpoint {path} ({e.__class__.__name__}: {first}); expected a file "
+                              f"written by `quadformer train` (last.pt) or `model.safetensors`") from None
 
 
 def rng_state() -> dict[str, Any]:

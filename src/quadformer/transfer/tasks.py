@@ -217,3 +217,32 @@ def load_tasks(source: str | os.PathLike) -> list[Task]:
     if errors:
         raise QuadformerError("; ".join(errors))
     return tasks
+
+
+def check_label_spaces(tasks: list[Task], image_size: int = 32) -> None:
+    """Train and test of every task must share one class list (labels are indices into it):
+    a test label unknown to train, or a class missing from one side, shifts every index.
+    Builds the (lazily loading) datasets only, so it runs before any model work."""
+    from .features import DataRef, build_eval_dataset
+
+    errors = []
+    for t in tasks:
+        if t.train.startswith("builtin:"):
+            continue
+        try:
+            tr = build_eval_dataset(DataRef(t.train, t.split_train, image_size, size=t.train_size, seed=t.seed))
+            te = build_eval_dataset(DataRef(t.test, t.split_test, image_size, size=t.test_size, seed=t.seed))
+        except (OSError, ValueError, KeyError) as e:
+            errors.append(f"task {t.name!r}: {e}")
+            continue
+        a, b = list(getattr(tr, "class_names", [])), list(getattr(te, "class_names", []))
+        if a and b and a != b:
+            unknown = [c for c in b if c not in a]
+            missing = [c for c in a if c not in b]
+            what = (f"test classes unknown to train: {unknown[:5]}" if unknown else
+                    f"classes missing from test: {missing[:5]}" if missing else "the same classes in another order")
+            errors.append(f"task {t.name!r}: train and test label sets differ ({what}); give both splits the same "
+                          f"class list (ImageFolder: the same class folders; CSV: one-hot columns or one file "
+                          f"with a split column)")
+    if errors:
+        raise QuadformerError("; ".join(errors))
