@@ -202,7 +202,7 @@ def write_report(rows: list[dict], out: Path, tag: str, settings: dict, resample
         w.writeheader()
         w.writerows(rows)
     t_cols = [f"T_{t}" for t in single + multi]
-    cols = ["up_acc", "up_lp", *METRICS, *t_cols, "T_agg"]
+    cols = ["gmacs", "up_acc", "up_lp", *METRICS, *t_cols, "T_agg"]
     pairs = (("ssl", "sup"), ("ssl_sup", "sup"), ("ssl_sup_kd", "sup_kd"), ("sup_long", "sup"),
              ("ssl_sup_lowlr", "sup"), ("joint", "sup"))
     con = contrasts(rows, pairs, cols)

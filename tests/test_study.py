@@ -1,0 +1,102 @@
+"""The study's statistics against textbook values, its report, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from quadformer.study.analysis import (bootstrap, metric_analysis, ols, design, paired_contrast, partial_corr,
+                                       regression)
+from quadformer.study.report import add_aggregates, h3_target, write_report
+
+
+def test_partial_correlation_matches_the_recursive_formula():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    d = 0.6 * a + rng.normal(size=200)
+    t = 0.5 * a + 0.4 * d + rng.normal(size=200)
+    r = np.corrcoef([d, t, a])
+    r_dt, r_da, r_ta = r[0, 1], r[0, 2], r[1, 2]
+    expected = (r_dt - r_da * r_ta) / np.sqrt((1 - r_da**2) * (1 - r_ta**2))
+    assert partial_corr(d, t, a) == pytest.approx(expected, abs=1e-10)
+    # D that only mirrors A explains nothing beyond it
+    assert abs(partial_corr(a + 1e-3 * rng.normal(size=200), 0.5 * a + rng.normal(size=200), a)) < 0.2
+
+
+def test_ols_r2_and_delta_r2():
+    rng = np.random.default_rng(1)
+    a, d = rng.normal(size=500), rng.normal(size=500)
+    t = 2 * a + 1 * d  # exact: R^2(A + D) = 1, R^2(A) = 4/5
+    res = regression(t, a, d)
+    assert res["r2_A_D"] == pytest.approx(1.0, abs=1e-9)
+    assert res["r2_A"] == pytest.approx(np.corrcoef(t, a)[0, 1] ** 2, abs=1e-9)
+    assert res["delta_r2"] == pytest.approx(res["r2_A_D"] - res["r2_A"])
+    beta, r2 = ols(t, design(a, d))
+    assert beta[2] > 0 and r2 == pytest.approx(1.0)
+
+
+def test_bootstrap_interval_and_paired_contrast():
+    x = np.arange(100, dtype=float)
+    lo, hi, vals = bootstrap(lambda ix: float(x[ix].mean()), 100, resamples=500, seed=0)
+    assert lo < 49.5 < hi and hi - lo < 25 and len(vals) == 500
+    assert bootstrap(lambda ix: float(x[ix].mean()), 100, 200, seed=3)[:2] == bootstrap(
+        lambda ix: float(x[ix].mean()), 100, 200, seed=3)[:2]
+    c = paired_contrast({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.5, 1: 2.5, 2: 1.0, 3: 9.0})
+    assert c["n"] == 3 and c["mean"] == pytest.approx((0.5 - 0.5 + 2.0) / 3) and c["positive"] == 2
+    assert c["min"] == -0.5 and c["max"] == 2.0 and c["ci_low"] < c["mean"] < c["ci_high"]
+
+
+def _rows(seed: int = 0) -> list[dict]:
+    """A synthetic population where transfer follows A1 beyond accuracy."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cond in ("sup", "sup_kd", "ssl", "ssl_sup", "ssl_sup_kd"):
+        for s in range(5):
+            acc = rng.uniform(0.5, 0.8)
+            a1 = rng.uniform(0.1, 0.5) + (0.2 if cond.startswith("ssl") else 0.0)
+            r = {"arch": "vit", "condition": cond, "seed": s, "up_lp": acc, "up_acc": acc, "W1": rng.uniform(),
+                 "W2": rng.uniform(), "A1": a1, "A2": rng.uniform(), "A3": rng.uniform(),
+                 "multilabel_tasks": ["scenes"]}
+            for t in ("digits", "patches", "hue", "scenes"):
+                r[f"T_{t}"] = float(np.clip(0.3 * acc + 0.8 * a1 + rng.normal(0, 0.02), 0, 1))
+            rows.append(r)
+    return rows
+
+
+def test_report_finds_a_planted_effect(tmp_path):
+    rows = _rows()
+    analysis = write_report(rows, tmp_path, "synthetic", {"note": "test"}, resamples=300)
+    h4 = analysis["h4"]
+    assert h4["A1"]["partial_r"] > 0.8 and h4["A1"]["partial_r_ci_low"] > 0.5 and h4["A1"]["holds"]
+    assert abs(h4["W1"]["partial_r"]) < 0.5 and not h4["W1"]["target_met"]
+    won = {h["contrast"]: h for h in analysis["h3"]}
+    assert won["ssl_sup vs sup"]["share_won"] == 1.0 and won["ssl_sup vs sup"]["A1_diff"] > 0
+    text = (tmp_path / "report_synthetic.md").read_text()
+    assert "| A1 |" in text and "ssl_sup-sup" in text
+    assert (tmp_path / "transfer_vs_accuracy_synthetic.png").stat().st_size > 10_000
+    assert (tmp_path / "results_synthetic.csv").read_text().count("\n") == len(rows) + 1
+
+
+def test_aggregates_are_logit_means():
+    rows = [{"condition": "sup", "seed": 0, "T_a": 0.5, "T_b": 0.5, "multilabel_tasks": []},
+            {"condition": "ssl", "seed": 0, "T_a": 0.9, "T_b": 0.1, "multilabel_tasks": ["b"]}]
+    add_aggregates(rows)
+    assert rows[0]["T_agg"] == pytest.approx(0.0) and rows[1]["T_agg"] == pytest.approx(0.0)
+    assert rows[1]["T_single"] == pytest.approx(np.log(9))
+    assert h3_target(rows, ["a"]) == []  # no ssl_sup / ssl_sup_kd: nothing to check
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(tmp_path):
+    from quadformer.study import Study, StudyConfig
+
+    sc = StudyConfig.quick(seeds=1, conditions=("sup", "ssl", "ssl_sup"), train_size=128, val_size=64,
+                           upstream_probe_train=128, diversity_images=64, sup_epochs=1, ssl_epochs=1)
+    study = Study(sc, tmp_path)
+    rows = study.run()
+    assert [r["condition"] for r in rows] == ["rand", "sup", "ssl", "ssl_sup"]
+    assert all(0 <= r["T_sk-digits"] <= 1 and r["A1"] > 0 for r in rows)
+    again = Study(sc, tmp_path).run()  # everything cached: same numbers
+    assert json.dumps(again, sort_keys=True) == json.dumps(rows, sort_keys=True)
