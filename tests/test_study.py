@@ -67,6 +67,8 @@ def _rows(seed: int = 0) -> list[dict]:
 
 def test_report_finds_a_planted_effect(tmp_path):
     rows = _rows()
+    base = [r for r in rows if r["condition"] == "ssl_sup"]
+    rows += [dict(r, condition=f"traj{k}", step=10 * k, up_lp=r["up_lp"] * k / 3) for r in base for k in (1, 2, 3)]
     analysis = write_report(rows, tmp_path, "synthetic", {"note": "test"}, resamples=300)
     h4 = analysis["h4"]
     assert h4["A1"]["partial_r"] > 0.8 and h4["A1"]["partial_r_ci_low"] > 0.5 and h4["A1"]["holds"]
@@ -75,7 +77,9 @@ def test_report_finds_a_planted_effect(tmp_path):
     assert won["ssl_sup vs sup"]["share_won"] == 1.0 and won["ssl_sup vs sup"]["A1_diff"] > 0
     text = (tmp_path / "report_synthetic.md").read_text()
     assert "| A1 |" in text and "ssl_sup-sup" in text
+    assert h4["A1"]["n_models"] == 25  # trajectory points are not extra models
     assert (tmp_path / "transfer_vs_accuracy_synthetic.png").stat().st_size > 10_000
+    assert (tmp_path / "trajectory_synthetic.png").stat().st_size > 10_000
     assert (tmp_path / "results_synthetic.csv").read_text().count("\n") == len(rows) + 1
 
 
@@ -93,10 +97,12 @@ def test_tiny_study_end_to_end(tmp_path):
     from quadformer.study import Study, StudyConfig
 
     sc = StudyConfig.quick(seeds=1, conditions=("sup", "ssl", "ssl_sup"), train_size=128, val_size=64,
-                           upstream_probe_train=128, diversity_images=64, sup_epochs=1, ssl_epochs=1)
+                           upstream_probe_train=128, diversity_images=64, sup_epochs=1, ssl_epochs=1,
+                           trajectory_points=2)
     study = Study(sc, tmp_path)
     rows = study.run()
-    assert [r["condition"] for r in rows] == ["rand", "sup", "ssl", "ssl_sup"]
+    assert [r["condition"] for r in rows] == ["rand", "sup", "ssl", "ssl_sup", "traj1", "traj2"]
+    assert rows[-1]["step"] == 2 and rows[-2]["step"] == 1  # 2 steps of 64 images, snapshots at both
     assert all(0 <= r["T_sk-digits"] <= 1 and r["A1"] > 0 for r in rows)
     again = Study(sc, tmp_path).run()  # everything cached: same numbers
     assert json.dumps(again, sort_keys=True) == json.dumps(rows, sort_keys=True)

@@ -69,6 +69,7 @@ class StudyConfig:
     probe_grid: str = "full"
     upstream_probe_train: int = 3000  # upstream linear probe: train images (A)
     diversity_images: int = 2000
+    trajectory_points: int = 6  # stage-B snapshots of ssl_sup measured along the way (0: off)
     num_threads: int | None = None
     extra_overrides: list[str] = field(default_factory=list)
 
@@ -133,8 +134,13 @@ class Study:
         if scheme.startswith("ssl-then"):  # the seed's SSL run is every two-stage scheme's stage A
             run_scheme("ssl", self.config(seed), ssl_dir, SchemeOptions(stage_a_overrides=stage_a))
             opts.stage_a = str(ssl_dir)
-        run_scheme(scheme, self.config(seed), out, opts)
+        extra = [f"train.snapshots={self.sc.trajectory_points}"] if cond == "ssl_sup" else []
+        run_scheme(scheme, self.config(seed, *extra), out, opts)
         return out / "model.safetensors"
+
+    def trajectory(self, seed: int) -> list[Path]:
+        """ssl_sup's stage-B snapshots, in step order (empty when the run kept none)."""
+        return sorted((self.runs / f"seed{seed}" / "ssl_sup" / "stage_b" / "snapshots").glob("step*.safetensors"))
 
     # ------------------------------------------------------------------ measuring
     def measure(self, cond: str, seed: int, weights: Path | None) -> dict[str, Any]:
@@ -238,4 +244,9 @@ class Study:
         for cond, seed in tqdm(plan, desc=f"study {self.sc.arch}", dynamic_ncols=True):
             weights = None if cond == "rand" else self.train_condition(cond, seed, teacher)
             rows.append(self.measure(cond, seed, weights))
+            if cond == "ssl_sup" and self.sc.trajectory_points:
+                for k, snap in enumerate(self.trajectory(seed)):
+                    row = self.measure(f"traj{k + 1}", seed, snap)
+                    row["step"] = int(snap.stem.removeprefix("step"))
+                    rows.append(row)
         return rows

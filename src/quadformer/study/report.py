@@ -103,7 +103,7 @@ def h3_target(rows: Sequence[dict], single: Sequence[str]) -> list[dict[str, Any
 def h4_analysis(rows: Sequence[dict], single: Sequence[str], multi: Sequence[str], resamples: int = 2000) -> dict:
     """Per diversity metric: regression and partial r(D, T | A) on the aggregated transfer,
     with a bootstrap interval, and the sign of partial r per task."""
-    pop = [r for r in rows if r["condition"] != "rand" and r.get("up_lp") is not None]
+    pop = [r for r in population(rows) if r.get("up_lp") is not None]
     if len(pop) < 4:
         return {}
     a = np.array([r["up_lp"] for r in pop])
@@ -146,15 +146,15 @@ def plots(rows: Sequence[dict], out: Path, tag: str) -> list[Path]:
 
     from .analysis import residualise
 
-    pop = [r for r in rows if r["condition"] != "rand"]
+    pop = population(rows)
+    paths = trajectory_plot(rows, out, tag)
     if len(pop) < 2:
-        return []
+        return paths
     conds = sorted({r["condition"] for r in pop})
     markers = dict(zip(conds, "osD^v<>Pp*"))
     a = np.array([r["up_lp"] for r in pop])
     t = np.array([r["T_agg"] for r in pop])
     d = np.array([r["A1"] for r in pop])
-    paths = []
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     ax = axes[0]
     sc = None
@@ -189,6 +189,37 @@ def plots(rows: Sequence[dict], out: Path, tag: str) -> list[Path]:
     plt.close(fig)
     paths.append(p)
     return paths
+
+
+def population(rows: Sequence[dict]) -> list[dict]:
+    """The models the regressions are about: trained end points (not the init, not trajectory points)."""
+    return [r for r in rows if r["condition"] != "rand" and not r["condition"].startswith("traj")]
+
+
+def trajectory_plot(rows: Sequence[dict], out: Path, tag: str) -> list[Path]:
+    """Upstream probe accuracy, A1 and transfer along stage B of ssl_sup (one line per seed),
+    starting from the SSL model (step 0)."""
+    import matplotlib.pyplot as plt
+
+    seeds = sorted({r["seed"] for r in rows if r["condition"].startswith("traj")})
+    if not seeds:
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for s in seeds:
+        start = [r for r in rows if r["condition"] == "ssl" and r["seed"] == s]
+        pts = sorted((r for r in rows if r["condition"].startswith("traj") and r["seed"] == s), key=lambda r: r["step"])
+        pts = [dict(r, step=0) for r in start] + pts
+        for ax, key in zip(axes, ("up_lp", "A1", "T_agg")):
+            ax.plot([r["step"] for r in pts], [r[key] for r in pts], marker="o", label=f"seed {s}")
+    for ax, title in zip(axes, ("upstream linear probe (A)", "A1 feature erank", "transfer (logit mean)")):
+        ax.set_title(title)
+        ax.set_xlabel("stage-B step (0 = the SSL model)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    p = out / f"trajectory_{tag}.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return [p]
 
 
 def write_report(rows: list[dict], out: Path, tag: str, settings: dict, resamples: int = 2000) -> dict[str, Any]:
