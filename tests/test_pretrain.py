@@ -99,6 +99,9 @@ def test_two_stage_scheme_starts_stage_b_from_stage_a_with_new_head(tmp_path):
     train(cfg0, resume="auto")  # lr ~ 0: stage B ends where stage A's weights put it
     b1 = load_file(tmp_path / "b1" / "model.safetensors")
     torch.testing.assert_close(b1["blocks.0.attn.qkv.weight"], a["blocks.0.attn.qkv.weight"])
+    # another recipe in the same folder is refused, not silently reused
+    with pytest.raises(QuadformerError, match="another recipe"):
+        run_scheme("ssl-then-supervised", cfg_for(tmp_path, "optim.lr=0.5"), tmp_path / "s", SchemeOptions())
     # a rerun reuses both finished stages (no training: same files)
     mtime = (tmp_path / "s" / "stage_b" / "last.pt").stat().st_mtime_ns
     run_scheme("ssl-then-supervised", cfg_for(tmp_path), tmp_path / "s", SchemeOptions())

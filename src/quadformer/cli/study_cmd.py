@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conditions", nargs="+", default=None, choices=list(CONDITIONS), help="default: the core set")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--out", default="outputs/study", help="output folder")
+    p.add_argument("--out", default=None, help="output folder (default outputs/study, or outputs/study_quick)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         kw["conditions"] = tuple(args.conditions)
     sc = StudyConfig.quick(**kw) if args.quick else StudyConfig(**kw)
     t0 = time.perf_counter()
-    study = Study(sc, args.out)
+    study = Study(sc, args.out or ("outputs/study_quick" if args.quick else "outputs/study"))
     rows = study.run()
     tag = f"{sc.arch}{'_quick' if args.quick else ''}"
     from dataclasses import asdict

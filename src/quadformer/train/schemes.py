@@ -97,6 +97,30 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file() and (run_dir / "model.safetensors").is_file()
 
 
+def _recipe(d: dict) -> dict:
+    """A config minus what does not change the weights (where it is written, progress bars)."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    d.get("output", {}).pop("dir", None)
+    d.get("train", {}).pop("progress", None)
+    return d
+
+
+def check_same_recipe(run_dir: Path, cfg: Config) -> None:
+    """A finished or half-done run is only reused for the same recipe."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    theirs = _recipe(yaml.safe_load(path.read_text()) or {})
+    ours = _recipe(cfg.to_dict())
+    diff = sorted(f"{sec}.{k}" for sec in ours if isinstance(ours[sec], dict)
+                  for k in ours[sec] if theirs.get(sec, {}).get(k, ours[sec][k]) != ours[sec][k])
+    if diff:
+        raise QuadformerError(f"{run_dir} holds a run with another recipe ({', '.join(diff[:4])} differ); "
+                              f"use another output folder or delete it")
+
+
 def run_scheme(scheme: str, base: Config, out: str | Path, opts: SchemeOptions | None = None) -> dict[str, Any]:
     """Train every stage of ``scheme`` (resuming or reusing finished stages); the final
     weights are copied to ``out/model.safetensors``. Returns per-stage results."""
@@ -110,6 +134,7 @@ def run_scheme(scheme: str, base: Config, out: str | Path, opts: SchemeOptions |
     results: dict[str, Any] = {"scheme": scheme, "stages": []}
     for st, cfg in plan:
         run_dir = Path(cfg.output.dir)
+        check_same_recipe(run_dir, cfg)
         if finished(run_dir):
             log.info("stage %s: reusing the finished run in %s", st.name or scheme, run_dir)
             res = json.loads((run_dir / "summary.json").read_text()).get("final", {})
