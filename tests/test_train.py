@@ -162,3 +162,18 @@ def test_corrupt_imagefolder_file_is_skipped_and_counted(tmp_path, caplog):
     assert str(bad) in caplog.text
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert rows[0]["skipped_files"] == "1"
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    from quadformer.utils.io import atomic_write
+
+    target = tmp_path / "f.bin"
+    atomic_write(target, lambda f: f.write(b"old"))
+
+    def broken(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..utils.io import atomic_write
 from . import procedural as P
 
 __all__ = [
@@ -273,18 +272,7 @@ def generate(
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{uuid.uuid4().hex[:8]}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 class BuiltinDataset(Dataset):

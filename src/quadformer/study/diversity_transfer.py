@@ -157,19 +157,15 @@ class Study:
         t0 = time.perf_counter()
         arch = ARCHS[self.sc.arch]
         init_spec = arch["name"]
-        if weights is None:  # the untrained reference: the init of this seed's runs
-            cfg = self.config(seed)
-            from ..train.engine import build_model
+        from ..train.engine import build_model
 
-            model = fresh_init(lambda: build_model(cfg, self._upstream_classes()), seed).eval()
-            digest = f"init:{init_spec}:{seed}:{self.sc.image_size}"
+        cfg = self.config(seed)
+        init_model = fresh_init(lambda: build_model(cfg, self._upstream_classes()), seed).eval()
+        if weights is None:  # the untrained reference: the init of this seed's runs
+            model, digest = init_model, f"init:{init_spec}:{seed}:{self.sc.image_size}"
         else:
             lm = load_model(str(weights))
             model, digest = lm.model, lm.digest
-        cfg = self.config(seed)
-        from ..train.engine import build_model
-
-        init_model = fresh_init(lambda: build_model(cfg, self._upstream_classes()), seed).eval()
         row: dict[str, Any] = {"arch": self.sc.arch, "condition": cond, "seed": seed, "weights": str(weights)}
 
         # upstream: head accuracy (supervised conditions) and linear-probe accuracy A
@@ -199,7 +195,8 @@ class Study:
             res = linear_probe(a.features, a.targets, b.features, b.targets, multilabel=a.multilabel,
                                num_classes=a.num_classes, grid=self.sc.probe_grid)
             row[f"T_{task.name}"] = res.score
-            row.setdefault("multilabel_tasks", []).append(task.name) if a.multilabel else None
+            if a.multilabel:
+                row.setdefault("multilabel_tasks", []).append(task.name)
         from ..train.engine import model_gmacs
 
         row["gmacs"] = model_gmacs(model, self.sc.image_size)[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -10,20 +9,13 @@ from typing import Any
 import torch
 
 from ..utils.errors import QuadformerError
+from ..utils.io import atomic_write
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temp file in the same folder, fsync, then rename: a crash leaves
     either the old or the new file, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -421,8 +421,6 @@ def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume,
     # Resume
     epoch, step_in_epoch, global_step, history = 0, 0, 0, []
     ckpt_path = out / "last.pt"
-    if resume == "auto":
-        resume = ckpt_path if ckpt_path.exists() else None
     if resume:
         ck = load_checkpoint(resume)
         for section in ("model", "objective"):

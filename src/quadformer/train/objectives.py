@@ -16,7 +16,6 @@ Kinds (``objective.kind``):
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
@@ -246,8 +245,7 @@ def views_transform(ocfg: Any, image_size: int) -> Any:
         local = ocfg.local_crop_size or image_size
         return DINOTransform(global_crop_size=image_size, local_crop_size=local, n_local_views=ocfg.local_views,
                              hf_prob=ocfg.flip_prob, gaussian_blur=(ocfg.blur_prob, ocfg.blur_prob * 0.2,
-                                                                    ocfg.blur_prob * 0.5),
-                             solarization_prob=0.2 * math.ceil(ocfg.blur_prob))
+                                                                    ocfg.blur_prob * 0.5))
     from lightly.transforms import SimCLRTransform
 
     return SimCLRTransform(input_size=image_size, min_scale=ocfg.min_scale, gaussian_blur=ocfg.blur_prob,

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.builtin import IMAGENET_MEAN, IMAGENET_STD
+from ..utils.io import atomic_write
 
 __all__ = [
     "FEATURE_VERSION",
@@ -216,18 +217,7 @@ def _builtin_version() -> str:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def get_features(model: nn.Module, digest: str, ref: DataRef, *, cache_dir: str | os.PathLike | None = None,
