@@ -106,3 +106,48 @@ def test_tiny_study_end_to_end(tmp_path):
     assert all(0 <= r["T_sk-digits"] <= 1 and r["A1"] > 0 for r in rows)
     again = Study(sc, tmp_path).run()  # everything cached: same numbers
     assert json.dumps(again, sort_keys=True) == json.dumps(rows, sort_keys=True)
+
+
+def test_file_lock_is_exclusive_and_released(tmp_path):
+    from quadformer.utils.io import file_lock
+
+    path = tmp_path / "x.lock"
+    with file_lock(path) as held:
+        assert held
+        with file_lock(path, blocking=False) as other:  # a second open file: another holder
+            assert not other
+    with file_lock(path, blocking=False) as again:
+        assert again
+
+
+def test_study_skips_seeds_another_process_holds_then_waits_for_them(tmp_path, monkeypatch):
+    """Two processes on one study folder split the seeds: a held seed is done last, after its lock is freed."""
+    import threading
+
+    from quadformer.study import Study, StudyConfig
+    from quadformer.utils.io import file_lock
+
+    study = Study(StudyConfig(seeds=3, conditions=("sup",)), tmp_path)
+    order: list[int] = []
+
+    def fake_seed(seed, teacher, bar):
+        order.append(seed)
+        if seed == 2:
+            release.set()
+        return [{"seed": seed}]
+
+    monkeypatch.setattr(study, "_run_seed", fake_seed)
+    release, holding = threading.Event(), threading.Event()
+
+    def other_process():
+        with file_lock(study.runs / "seed0.lock"):
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other_process)
+    t.start()
+    holding.wait(10)
+    rows = study.run()
+    t.join()
+    assert order == [1, 2, 0]
+    assert [r["seed"] for r in rows] == [0, 1, 2]

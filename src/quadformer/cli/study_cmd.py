@@ -9,6 +9,8 @@ on the built-in upstream task for each seed, measures upstream accuracy, diversi
 (W1, W2, A1, A2, A3) and linear-probe transfer on the built-in downstream suite, and writes
 OUT/report_<arch>.md with tables, regressions with bootstrap intervals and plots.
 Every run and measurement is kept on disk: rerun the same command to continue.
+Start the same command in several processes to split the seeds between them (each seed runs
+under a lock file); on 2 cores, two processes with --threads 1 beat one with --threads 2.
 """
 
 from __future__ import annotations

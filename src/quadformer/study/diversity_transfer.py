@@ -228,17 +228,42 @@ class Study:
 
     # ------------------------------------------------------------------ all
     def run(self) -> list[dict[str, Any]]:
+        """Train and measure every condition x seed; returns the rows (trajectory rows included).
+
+        Each seed is done under a lock file, so the same command started in several processes
+        (e.g. two with ``--threads 1`` on a 2-core machine, or one per machine on a shared file
+        system) splits the seeds between them: a process skips seeds another one holds, then
+        waits for them and reads their cached results."""
         from tqdm import tqdm
+
+        from ..utils.io import file_lock
 
         if self.sc.num_threads:
             torch.set_num_threads(self.sc.num_threads)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / f"study_{self.sc.arch}.json").write_text(json.dumps(asdict(self.sc), indent=2))
         needs_teacher = any(CONDITIONS[c].endswith("-kd") for c in self.sc.conditions)
-        teacher = self.teacher() if needs_teacher else None
+        teacher = None
+        if needs_teacher:
+            with file_lock(self.out / "runs" / "teacher.lock"):
+                teacher = self.teacher()
+        per_seed = 1 + len(self.sc.conditions)
+        bar = tqdm(total=self.sc.seeds * per_seed, desc=f"study {self.sc.arch}", dynamic_ncols=True)
+        rows: dict[int, list[dict[str, Any]]] = {}
+        for blocking in (False, True):  # first the seeds nobody holds, then wait for the others
+            for seed in range(self.sc.seeds):
+                if seed in rows:
+                    continue
+                with file_lock(self.runs / f"seed{seed}.lock", blocking=blocking) as held:
+                    if held:
+                        rows[seed] = self._run_seed(seed, teacher, bar)
+        bar.close()
+        return [r for seed in sorted(rows) for r in rows[seed]]
+
+    def _run_seed(self, seed: int, teacher: Path | None, bar) -> list[dict[str, Any]]:
         rows = []
-        plan = [(c, s) for s in range(self.sc.seeds) for c in ("rand", *self.sc.conditions)]
-        for cond, seed in tqdm(plan, desc=f"study {self.sc.arch}", dynamic_ncols=True):
+        for cond in ("rand", *self.sc.conditions):
+            bar.set_postfix_str(f"seed {seed} {cond}")
             weights = None if cond == "rand" else self.train_condition(cond, seed, teacher)
             rows.append(self.measure(cond, seed, weights))
             if cond == "ssl_sup" and self.sc.trajectory_points:
@@ -246,4 +271,5 @@ class Study:
                     row = self.measure(f"traj{k + 1}", seed, snap)
                     row["step"] = int(snap.stem.removeprefix("step"))
                     rows.append(row)
+            bar.update(1)
         return rows
