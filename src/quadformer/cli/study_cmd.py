@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
     tag = f"{sc.arch}{'_quick' if args.quick else ''}"
     from dataclasses import asdict
 
-    analysis = write_report(rows, study.out, tag, asdict(sc), args.resamples)
+    from ..utils.io import file_lock
+
+    with file_lock(study.out / f"report_{tag}.lock"):  # processes sharing the folder write it in turn
+        analysis = write_report(rows, study.out, tag, asdict(sc), args.resamples)
     print(f"study finished in {(time.perf_counter() - t0) / 60:.1f} min; report: {study.out / f'report_{tag}.md'}")
     for h in analysis.get("h3", []):
         print(f"  {h['contrast']}: {len(h['tasks_won'])} single-label tasks won; target {'met' if h['met'] else 'not met'}")
