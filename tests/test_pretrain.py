@@ -117,6 +117,24 @@ def test_kd_scheme_and_snapshots(tmp_path):
     snaps = sorted((tmp_path / "kd" / "snapshots").glob("*.safetensors"))
     assert [p.name for p in snaps] == ["step0000002.safetensors", "step0000004.safetensors",
                                        "step0000006.safetensors", "step0000008.safetensors"]
+    # a moved folder (teacher included) is still the same recipe: input files count by content
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tmp_path / "teacher", tmp_path / "moved" / "teacher")
+    shutil.copytree(tmp_path / "kd", tmp_path / "moved" / "kd")
+    mtime = (tmp_path / "moved" / "kd" / "last.pt").stat().st_mtime_ns
+    moved = SchemeOptions(teacher=str(tmp_path / "moved" / "teacher" / "model.safetensors"))
+    run_scheme("supervised-kd", cfg_for(tmp_path, "train.snapshots=4", "train.epochs=2"), tmp_path / "moved" / "kd",
+               moved)
+    assert (tmp_path / "moved" / "kd" / "last.pt").stat().st_mtime_ns == mtime  # reused, not retrained
+    other = load_file(tmp_path / "teacher" / "model.safetensors")
+    other["head.bias"] = other["head.bias"] + 1.0
+    save_file(other, tmp_path / "moved" / "teacher" / "model.safetensors")
+    with pytest.raises(QuadformerError, match="objective.teacher"):
+        run_scheme("supervised-kd", cfg_for(tmp_path, "train.snapshots=4", "train.epochs=2"),
+                   tmp_path / "moved" / "kd", moved)
 
 
 def test_scheme_errors_before_any_work(tmp_path, capsys):

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.io import file_lock
 
     with file_lock(study.out / f"report_{tag}.lock"):  # processes sharing the folder write it in turn
-        analysis = write_report(rows, study.out, tag, asdict(sc), args.resamples)
+        analysis = write_report(rows, study.out, tag, asdict(sc), args.resamples, study.compute_seconds())
     print(f"study finished in {(time.perf_counter() - t0) / 60:.1f} min; report: {study.out / f'report_{tag}.md'}")
     for h in analysis.get("h3", []):
         print(f"  {h['contrast']}: {len(h['tasks_won'])} single-label tasks won; target {'met' if h['met'] else 'not met'}")

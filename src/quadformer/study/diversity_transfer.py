@@ -226,6 +226,18 @@ class Study:
                 total += len(y)
         return correct / max(1, total)
 
+    def compute_seconds(self) -> dict[str, float]:
+        """Summed epoch wall time of every training run, by condition (stage A counted under ``ssl``,
+        where it ran), plus the shared teacher: what the study cost, as the runs logged it."""
+        out: dict[str, float] = {}
+        teacher = self.out / "runs" / "teacher" / "summary.json"
+        if teacher.is_file():
+            out["teacher"] = float(json.loads(teacher.read_text()).get("train_seconds", 0.0))
+        for summary in sorted(self.runs.glob("seed*/*/summary.json")) + sorted(self.runs.glob("seed*/*/stage_b/summary.json")):
+            cond = summary.parent.name if summary.parent.name != "stage_b" else summary.parent.parent.name
+            out[cond] = out.get(cond, 0.0) + float(json.loads(summary.read_text()).get("train_seconds", 0.0))
+        return out
+
     # ------------------------------------------------------------------ all
     def run(self) -> list[dict[str, Any]]:
         """Train and measure every condition x seed; returns the rows (trajectory rows included).

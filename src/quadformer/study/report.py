@@ -222,7 +222,17 @@ def trajectory_plot(rows: Sequence[dict], out: Path, tag: str) -> list[Path]:
     return [p]
 
 
-def write_report(rows: list[dict], out: Path, tag: str, settings: dict, resamples: int = 2000) -> dict[str, Any]:
+def compute_lines(rows: list[dict], train_seconds: dict[str, float]) -> list[str]:
+    """Where the study's time went: training by condition (summed epoch time) and measuring."""
+    measure = sum(float(r.get("seconds") or 0.0) for r in rows)
+    total = sum(train_seconds.values()) + measure
+    parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in train_seconds.items())
+    return [f"Training (summed epoch wall time, min): {parts}. Measuring every model: {measure / 60:.1f} min. "
+            f"Total: {total / 3600:.2f} h of process time (seeds may have run in parallel processes)."]
+
+
+def write_report(rows: list[dict], out: Path, tag: str, settings: dict, resamples: int = 2000,
+                 train_seconds: dict[str, float] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     add_aggregates(rows)
     single, multi = task_columns(rows)
@@ -256,6 +266,8 @@ def write_report(rows: list[dict], out: Path, tag: str, settings: dict, resample
     md += ["", "## H4: does diversity explain transfer beyond accuracy?", "",
            "Partial correlation r(D, T_agg | A) with a 2000-resample bootstrap 95% interval over models; "
            "OLS on z-scores T ~ A vs T ~ A + D.", "", h4_table(h4) if h4 else "(too few models)", ""]
+    if train_seconds:
+        md += ["## Compute", "", *compute_lines(rows, train_seconds), ""]
     for p in figs:
         md.append(f"![{p.stem}]({p.name})")
     (out / f"report_{tag}.md").write_text("\n".join(md) + "\n")

@@ -98,15 +98,43 @@ def finished(run_dir: Path) -> bool:
 
 
 def _recipe(d: dict) -> dict:
-    """A config minus what does not change the weights (where it is written, progress bars)."""
+    """A config minus what does not change the weights (where it is written, progress bars, snapshots)."""
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     d.get("output", {}).pop("dir", None)
     d.get("train", {}).pop("progress", None)
+    d.get("train", {}).pop("snapshots", None)
     return d
 
 
+INPUT_FILES = (("objective", "teacher"), ("model", "init_checkpoint"))  # compared by content, not by path
+
+
+def _input_digests(cfg_dict: dict) -> dict[str, str]:
+    from ..models.loading import file_digest
+
+    out = {}
+    for sec, key in INPUT_FILES:
+        path = (cfg_dict.get(sec) or {}).get(key)
+        if path and Path(path).is_dir():  # a run folder stands for its exported weights
+            path = Path(path) / "model.safetensors"
+        if path and Path(path).is_file():
+            out[f"{sec}.{key}"] = file_digest(path)
+    return out
+
+
+def record_inputs(run_dir: Path, cfg: Config) -> None:
+    """Keep the digests of a stage's input files beside it, so a moved folder still matches."""
+    digests = _input_digests(cfg.to_dict())
+    if digests:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "inputs.json").write_text(json.dumps(digests, indent=2))
+
+
 def check_same_recipe(run_dir: Path, cfg: Config) -> None:
-    """A finished or half-done run is only reused for the same recipe."""
+    """A finished or half-done run is only reused for the same recipe.
+
+    Input files (teacher, stage-A checkpoint) count by content: the same teacher at another path
+    (a moved or copied study folder) is the same recipe."""
     import yaml
 
     path = run_dir / "config.yaml"
@@ -116,6 +144,11 @@ def check_same_recipe(run_dir: Path, cfg: Config) -> None:
     ours = _recipe(cfg.to_dict())
     diff = sorted(f"{sec}.{k}" for sec in ours if isinstance(ours[sec], dict)
                   for k in ours[sec] if theirs.get(sec, {}).get(k, ours[sec][k]) != ours[sec][k])
+    if any(d in diff for d in map(".".join, INPUT_FILES)):
+        recorded = run_dir / "inputs.json"
+        their_digests = json.loads(recorded.read_text()) if recorded.is_file() else _input_digests(theirs)
+        our_digests = _input_digests(ours)
+        diff = [d for d in diff if not (d in our_digests and their_digests.get(d) == our_digests[d])]
     if diff:
         raise QuadformerError(f"{run_dir} holds a run with another recipe ({', '.join(diff[:4])} differ); "
                               f"use another output folder or delete it")
@@ -140,6 +173,7 @@ def run_scheme(scheme: str, base: Config, out: str | Path, opts: SchemeOptions |
             res = json.loads((run_dir / "summary.json").read_text()).get("final", {})
         else:
             log.info("stage %s: %s training -> %s", st.name or scheme, st.objective, run_dir)
+            record_inputs(run_dir, cfg)
             res = train(cfg, resume="auto")
             if res.get("interrupted"):
                 results["interrupted"] = True
