@@ -83,6 +83,22 @@ def test_report_finds_a_planted_effect(tmp_path):
     assert (tmp_path / "results_synthetic.csv").read_text().count("\n") == len(rows) + 1
 
 
+def test_pooled_report_pairs_within_architecture_and_plots_gmacs(tmp_path):
+    from quadformer.study.report import contrasts, write_pooled_report
+
+    vit = [dict(r, gmacs=0.015) for r in _rows(0)]
+    quad = [dict(r, arch="quadformer", gmacs=0.006, A1=r["A1"] + 1.0) for r in _rows(1)]  # an architecture offset
+    con = contrasts(vit + quad, [("ssl", "sup")], ["A1"])["ssl-sup"]["A1"]
+    assert con["n"] == 10  # 5 seeds x 2 architectures, never a vit model against a quadformer one
+    assert abs(con["mean"] - 0.2) < 0.15
+    analysis = write_pooled_report(vit + quad, tmp_path, "both", resamples=200)
+    # the +1.0 A1 offset of one architecture is absorbed by its fixed effect: the planted effect remains
+    assert analysis["h4"]["A1"]["partial_r"] > 0.8
+    text = (tmp_path / "report_both.md").read_text()
+    assert "## vit" in text and "## quadformer" in text and "| 15.000" in text and "| 6.000" in text
+    assert (tmp_path / "accuracy_vs_gmacs_both.png").stat().st_size > 10_000
+
+
 def test_aggregates_are_logit_means():
     rows = [{"condition": "sup", "seed": 0, "T_a": 0.5, "T_b": 0.5, "multilabel_tasks": []},
             {"condition": "ssl", "seed": 0, "T_a": 0.9, "T_b": 0.1, "multilabel_tasks": ["b"]}]
@@ -140,7 +156,7 @@ def test_study_skips_seeds_another_process_holds_then_waits_for_them(tmp_path, m
     release, holding = threading.Event(), threading.Event()
 
     def other_process():
-        with file_lock(study.runs / "seed0.lock"):
+        with file_lock(tmp_path / ".locks" / "vit_seed0.lock"):
             holding.set()
             release.wait(10)
 

@@ -26,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=["diversity-transfer"], help="which study")
     p.add_argument("--seeds", type=int, default=None, help="seeds per condition (default 5; --quick: 2)")
     p.add_argument("--quick", action="store_true", help="small data and few epochs: a smoke run")
-    p.add_argument("--arch", default="vit", choices=list(ARCHS), help="architecture of every studied model")
+    p.add_argument("--arch", nargs="+", default=["vit"], choices=list(ARCHS),
+                   help="architecture(s) of the studied models; with several, also a pooled report "
+                        "(architecture fixed effects, accuracy vs GMACs)")
     p.add_argument("--conditions", nargs="+", default=None, choices=list(CONDITIONS), help="default: the core set")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
@@ -34,32 +36,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..study import Study, StudyConfig
-    from ..study.report import write_report
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    kw = {"arch": args.arch, "num_threads": args.threads}
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise ValueError(f"--seeds {args.seeds}: need at least 1 (5 for the paired contrasts)")
-        kw["seeds"] = args.seeds
-    if args.conditions:
-        kw["conditions"] = tuple(args.conditions)
-    sc = StudyConfig.quick(**kw) if args.quick else StudyConfig(**kw)
-    t0 = time.perf_counter()
-    study = Study(sc, args.out or ("outputs/study_quick" if args.quick else "outputs/study"))
-    rows = study.run()
-    tag = f"{sc.arch}{'_quick' if args.quick else ''}"
     from dataclasses import asdict
 
+    from ..study import Study, StudyConfig
+    from ..study.report import write_pooled_report, write_report
     from ..utils.io import file_lock
 
-    with file_lock(study.out / f"report_{tag}.lock"):  # processes sharing the folder write it in turn
-        analysis = write_report(rows, study.out, tag, asdict(sc), args.resamples, study.compute_seconds())
-    print(f"study finished in {(time.perf_counter() - t0) / 60:.1f} min; report: {study.out / f'report_{tag}.md'}")
-    for h in analysis.get("h3", []):
-        print(f"  {h['contrast']}: {len(h['tasks_won'])} single-label tasks won; target {'met' if h['met'] else 'not met'}")
-    for m, r in analysis.get("h4", {}).items():
-        if not m.startswith("d_"):
-            print(f"  partial r({m}, T | A) = {r['partial_r']:+.2f} [{r['partial_r_ci_low']:+.2f}, {r['partial_r_ci_high']:+.2f}]")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: need at least 1 (5 for the paired contrasts)")
+    t0 = time.perf_counter()
+    out = args.out or ("outputs/study_quick" if args.quick else "outputs/study")
+    pooled: list[dict] = []
+    for arch in dict.fromkeys(args.arch):
+        kw = {"arch": arch, "num_threads": args.threads}
+        if args.seeds is not None:
+            kw["seeds"] = args.seeds
+        if args.conditions:
+            kw["conditions"] = tuple(args.conditions)
+        sc = StudyConfig.quick(**kw) if args.quick else StudyConfig(**kw)
+        study = Study(sc, out)
+        rows = study.run()
+        pooled += rows
+        tag = f"{sc.arch}{'_quick' if args.quick else ''}"
+        with file_lock(study.out / ".locks" / f"report_{tag}.lock"):  # processes sharing the folder write it in turn
+            analysis = write_report(rows, study.out, tag, asdict(sc), args.resamples, study.compute_seconds())
+        print(f"{arch}: report {study.out / f'report_{tag}.md'}")
+        for h in analysis.get("h3", []):
+            print(f"  {h['contrast']}: {len(h['tasks_won'])} single-label tasks won; "
+                  f"target {'met' if h['met'] else 'not met'}")
+        for m, r in analysis.get("h4", {}).items():
+            if not m.startswith("d_"):
+                print(f"  partial r({m}, T | A) = {r['partial_r']:+.2f} "
+                      f"[{r['partial_r_ci_low']:+.2f}, {r['partial_r_ci_high']:+.2f}]")
+    if len(set(args.arch)) > 1:
+        tag = "+".join(dict.fromkeys(args.arch)) + ("_quick" if args.quick else "")
+        with file_lock(study.out / ".locks" / f"report_{tag}.lock"):
+            write_pooled_report(pooled, study.out, tag, args.resamples)
+        print(f"pooled report: {study.out / f'report_{tag}.md'}")
+    print(f"study finished in {(time.perf_counter() - t0) / 60:.1f} min")
     return 0

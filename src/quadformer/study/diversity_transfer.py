@@ -257,7 +257,7 @@ class Study:
         needs_teacher = any(CONDITIONS[c].endswith("-kd") for c in self.sc.conditions)
         teacher = None
         if needs_teacher:
-            with file_lock(self.out / "runs" / "teacher.lock"):
+            with file_lock(self.out / ".locks" / "teacher.lock"):
                 teacher = self.teacher()
         per_seed = 1 + len(self.sc.conditions)
         bar = tqdm(total=self.sc.seeds * per_seed, desc=f"study {self.sc.arch}", dynamic_ncols=True)
@@ -266,7 +266,7 @@ class Study:
             for seed in range(self.sc.seeds):
                 if seed in rows:
                     continue
-                with file_lock(self.runs / f"seed{seed}.lock", blocking=blocking) as held:
+                with file_lock(self.out / ".locks" / f"{self.sc.arch}_seed{seed}.lock", blocking=blocking) as held:
                     if held:
                         rows[seed] = self._run_seed(seed, teacher, bar)
         bar.close()

@@ -62,7 +62,7 @@ def summary_table(rows: Sequence[dict], columns: Sequence[str], conditions: Sequ
 def contrasts(rows: Sequence[dict], pairs: Sequence[tuple[str, str]], columns: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for a, b in pairs:
-        by = {c: {r["seed"]: r for r in rows if r["condition"] == c} for c in (a, b)}
+        by = {c: {(r.get("arch"), r["seed"]): r for r in rows if r["condition"] == c} for c in (a, b)}  # pairs within arch
         if not by[a] or not by[b]:
             continue
         out[f"{a}-{b}"] = {col: paired_contrast({s: r[col] for s, r in by[a].items() if r.get(col) is not None},
@@ -272,5 +272,60 @@ def write_report(rows: list[dict], out: Path, tag: str, settings: dict, resample
         md.append(f"![{p.stem}]({p.name})")
     (out / f"report_{tag}.md").write_text("\n".join(md) + "\n")
     analysis = {"contrasts": con, "h3": h3, "h4": h4, "settings": settings}
+    (out / f"analysis_{tag}.json").write_text(json.dumps(analysis, indent=2, default=float))
+    return analysis
+
+
+def write_pooled_report(rows: list[dict], out: Path, tag: str, resamples: int = 2000) -> dict[str, Any]:
+    """Several architectures together: per (architecture, condition) means with GMACs, and the
+    H4 regressions with architecture fixed effects (spec §5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    add_aggregates(rows)
+    single, multi = task_columns(rows)
+    archs = list(dict.fromkeys(r["arch"] for r in rows))
+    conds = list(dict.fromkeys(r["condition"] for r in rows if not r["condition"].startswith("traj")))
+    for r in rows:
+        r["MMACs"] = r["gmacs"] * 1e3 if r.get("gmacs") is not None else None
+    cols = ["MMACs", "up_acc", "up_lp", "A1", "W1", "T_single", "T_agg"]
+    md = [f"# Diversity-transfer study, pooled: {tag}", "",
+          "Means ± sd over seeds per architecture; MMACs per image include the Quadformer's scorer. "
+          "T_single = logit mean over the single-label tasks, T_agg over all tasks (linear probes).", ""]
+    for arch in archs:
+        md += [f"## {arch}", "", summary_table([r for r in rows if r["arch"] == arch], cols, conds), ""]
+    h4 = h4_analysis(rows, single, multi, resamples)
+    md += ["## H4 with architecture fixed effects", "",
+           "Partial r(D, T_agg | A, architecture), bootstrap 95% interval over models.", "",
+           h4_table(h4) if h4 else "(too few models)", ""]
+    pop = population(rows)
+    train_conds = [c for c in conds if c != "rand"]
+    colours = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(train_conds)}
+    span = max(r["MMACs"] for r in pop) - min(r["MMACs"] for r in pop) or 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "up_acc", "upstream head top-1"), (axes[1], "T_agg", "transfer (logit mean)")):
+        for arch, marker in zip(archs, "os^D"):
+            for i, c in enumerate(train_conds):
+                rs = [r for r in pop if r["arch"] == arch and r["condition"] == c and r.get(key) is not None]
+                if rs:  # conditions side by side around the architecture's MMACs
+                    x = np.mean([r["MMACs"] for r in rs]) + span * 0.015 * (i - len(train_conds) / 2)
+                    ax.errorbar(x, np.mean([r[key] for r in rs]), color=colours[c], marker=marker, capsize=3,
+                                yerr=np.std([r[key] for r in rs], ddof=1) if len(rs) > 1 else None)
+        ax.set_xlabel("MMACs per image (scorer included)")
+        ax.set_ylabel(label)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[c], marker="o", ls="", label=c) for c in train_conds]
+    handles += [Line2D([], [], color="k", marker=m, ls="", label=a) for a, m in zip(archs, "os^D")]
+    axes[1].legend(handles=handles, fontsize=7)
+    fig.tight_layout()
+    p = out / f"accuracy_vs_gmacs_{tag}.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    md.append(f"![{p.stem}]({p.name})")
+    (out / f"report_{tag}.md").write_text("\n".join(md) + "\n")
+    analysis = {"h4": h4, "archs": archs}
     (out / f"analysis_{tag}.json").write_text(json.dumps(analysis, indent=2, default=float))
     return analysis
