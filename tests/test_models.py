@@ -112,3 +112,22 @@ def test_gmacs_match_spec_table():
         m = UniformViT(384, 16, num_patches=n, **s)
         assert round(vit_gmacs(m, n, attention=False), 2) == plain
         assert round(vit_gmacs(m, n, attention=True), 2) == attn
+
+
+def test_hub_cached_weights_load_from_the_local_cache_only(tmp_path):
+    """A vanilla timm ViT in a Hugging Face cache folder loads; a missing one is an error, not a download."""
+    from safetensors.torch import save_file
+
+    from quadformer.models import load_hub_cached
+
+    vanilla = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    snap = tmp_path / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in vanilla.state_dict().items()}, snap / "model.safetensors")
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("abc123")
+    q = timm.create_model("quadformer_tiny_patch16_224", num_patches=100)
+    load_hub_cached(q, "vit_tiny_patch16_224", cache_dir=tmp_path)
+    torch.testing.assert_close(q.blocks[3].mlp.fc1.weight, vanilla.blocks[3].mlp.fc1.weight)
+    with pytest.raises(ValueError, match="not in the local hub cache"):
+        load_hub_cached(q, "vit_small_patch16_224", cache_dir=tmp_path)

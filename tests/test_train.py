@@ -54,6 +54,22 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path):
     assert (tmp_path / "full" / "model.safetensors").exists() and (tmp_path / "full" / "model.json").exists()
 
 
+def test_ema_resumes_exactly_and_is_what_gets_exported(tmp_path):
+    from safetensors.torch import load_file
+
+    full = train(cfg_for(tmp_path / "full", "train.ema_decay=0.9"))
+    train(cfg_for(tmp_path / "cut", "train.ema_decay=0.9"), stop_after_steps=4)
+    train(cfg_for(tmp_path / "cut", "train.ema_decay=0.9"), resume="auto")
+    ck_full, ck_cut = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert_same_weights(ck_full["ema"], ck_cut["ema"])
+    exported = load_file(tmp_path / "full" / "model.safetensors")
+    key = "blocks.0.mlp.fc1.weight"
+    torch.testing.assert_close(exported[key], ck_full["ema"][key])  # the averaged weights are the result
+    assert not torch.equal(exported[key], ck_full["model"][key])
+    rows = list(csv.DictReader(open(tmp_path / "full" / "metrics.csv")))
+    assert all(r["val_top1_ema"] != "" for r in rows) and "val_top1_ema" in full
+
+
 def test_bad_config_fails_before_training(tmp_path, capsys):
     rc = main(["train", *TINY, "model.num_patches=27", f"output.dir={tmp_path}"])
     err = capsys.readouterr().err

@@ -12,6 +12,7 @@ Both register with timm (``timm.create_model("quadformer_small_patch16_256", num
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -350,27 +351,35 @@ def load_vanilla_checkpoint(model: nn.Module, checkpoint: str | dict[str, Tensor
     return missing
 
 
-def load_hub_cached(model: nn.Module, timm_name: str) -> list[str]:
-    """Load ``timm_name``'s pretrained weights from the local hub cache only (offline)."""
-    import os
+def load_hub_cached(model: nn.Module, timm_name: str, cache_dir: str | Path | None = None) -> list[str]:
+    """Load ``timm_name``'s pretrained weights from the local Hugging Face hub cache only.
 
-    import timm
+    The cache is read directly (``huggingface_hub.try_to_load_from_cache``), so nothing is ever
+    downloaded: setting ``HF_HUB_OFFLINE`` at call time would not do, because huggingface_hub reads
+    it once, at import."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
 
-    prev = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        vanilla = timm.create_model(timm_name, pretrained=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(
-            f"timm weights {timm_name!r} are not in the local hub cache ({e.__class__.__name__}); "
-            f"download them explicitly, or pass a local checkpoint file"
-        ) from None
-    finally:
-        if prev is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = prev
-    return load_vanilla_checkpoint(model, vanilla.state_dict())
+    cfg = get_pretrained_cfg(timm_name)
+    if cfg is None or not getattr(cfg, "hf_hub_id", None):
+        raise ValueError(f"timm has no hub weights for {timm_name!r}; pass a local checkpoint file instead")
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors",
+                                                                                 "pytorch_model.bin"]
+    for name in names:
+        path = try_to_load_from_cache(repo, name, cache_dir=cache_dir, revision=revision or None)
+        if isinstance(path, str):
+            break
+    else:
+        raise ValueError(f"timm weights {timm_name!r} ({repo}) are not in the local hub cache; download them "
+                         f"explicitly (e.g. `hf download {repo}`), or pass a local checkpoint file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return load_vanilla_checkpoint(model, state)
 
 
 # ------------------------------------------------------------------------------------------
