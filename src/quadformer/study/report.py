@@ -183,6 +183,7 @@ def plots(rows: Sequence[dict], out: Path, tag: str) -> list[Path]:
     ax.set_title("transfer beyond accuracy vs diversity beyond accuracy")
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     p = out / f"transfer_vs_accuracy_{tag}.png"
     fig.savefig(p, dpi=110)
