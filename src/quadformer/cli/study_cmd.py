@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..study import ARCHS, CONDITIONS
 
     p.add_argument("name", choices=["diversity-transfer"], help="which study")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per condition (default 5; --quick: 2)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds per condition (default 5; --quick: 2); one value per --arch, or one for all")
     p.add_argument("--quick", action="store_true", help="small data and few epochs: a smoke run")
     p.add_argument("--arch", nargs="+", default=["vit"], choices=list(ARCHS),
                    help="architecture(s) of the studied models; with several, also a pooled report "
@@ -43,15 +44,20 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.io import file_lock
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    if args.seeds is not None and args.seeds < 1:
-        raise ValueError(f"--seeds {args.seeds}: need at least 1 (5 for the paired contrasts)")
+    archs = list(dict.fromkeys(args.arch))
+    seeds = args.seeds or [None]
+    if len(seeds) not in (1, len(archs)):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: give one value, or one per --arch ({len(archs)})")
+    if any(n is not None and n < 1 for n in seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: need at least 1 (5 for the paired contrasts)")
+    seeds = seeds * len(archs) if len(seeds) == 1 else seeds
     t0 = time.perf_counter()
     out = args.out or ("outputs/study_quick" if args.quick else "outputs/study")
     pooled: list[dict] = []
-    for arch in dict.fromkeys(args.arch):
+    for arch, n_seeds in zip(archs, seeds):
         kw = {"arch": arch, "num_threads": args.threads}
-        if args.seeds is not None:
-            kw["seeds"] = args.seeds
+        if n_seeds is not None:
+            kw["seeds"] = n_seeds
         if args.conditions:
             kw["conditions"] = tuple(args.conditions)
         sc = StudyConfig.quick(**kw) if args.quick else StudyConfig(**kw)
@@ -69,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
             if not m.startswith("d_"):
                 print(f"  partial r({m}, T | A) = {r['partial_r']:+.2f} "
                       f"[{r['partial_r_ci_low']:+.2f}, {r['partial_r_ci_high']:+.2f}]")
-    if len(set(args.arch)) > 1:
-        tag = "+".join(dict.fromkeys(args.arch)) + ("_quick" if args.quick else "")
+    if len(archs) > 1:
+        tag = "+".join(archs) + ("_quick" if args.quick else "")
         with file_lock(study.out / ".locks" / f"report_{tag}.lock"):
             write_pooled_report(pooled, study.out, tag, args.resamples)
         print(f"pooled report: {study.out / f'report_{tag}.md'}")
