@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from ..utils.errors import QuadformerError
+from ..utils.state_dict import load_torch_file
+from .factory import build_model, classifier_keys
 
 __all__ = ["LoadedModel", "load_model", "read_checkpoint", "backbone_state", "create_from_config", "file_digest"]
 
@@ -82,13 +84,13 @@ def _is_ours(name: str) -> bool:
 
 def create_from_config(model_cfg: dict[str, Any], image_size: int, num_classes: int) -> nn.Module:
     """Rebuild a model from the ``model`` section of a training config."""
-    from ..train.config import load_config
-    from ..train.engine import build_model
-
-    cfg = load_config(base={"model": {k: v for k, v in model_cfg.items() if k != "vanilla_checkpoint"},
-                            "data": {"image_size": int(image_size)}})
+    unknown = set(model_cfg) - {"name", "num_patches", "kwargs", "vanilla_checkpoint", "init_checkpoint"}
+    if unknown or not model_cfg.get("name"):
+        raise QuadformerError(f"model config {model_cfg} is not a quadformer model section (unknown keys "
+                              f"{sorted(unknown)}); re-export the model with `quadformer train`")
     try:
-        return build_model(cfg, num_classes)
+        return build_model(model_cfg["name"], num_classes, int(image_size), model_cfg.get("num_patches", 64),
+                           model_cfg.get("kwargs") or {})
     except TypeError as e:
         raise QuadformerError(f"cannot build {model_cfg.get('name')!r} with kwargs {model_cfg.get('kwargs')}: "
                               f"{e}; fix the model kwargs") from None
@@ -207,9 +209,7 @@ def _read(path: Path, weights: str = "auto") -> tuple[dict[str, Any], dict[str, 
         meta.update(kind="export", weights="model",
                     fix=f"{side.name} describes another model than these weights; re-export the model")
         return state, meta
-    from ..train.checkpoint import load_checkpoint
-
-    ck = load_checkpoint(path)
+    ck = load_torch_file(path)
     if isinstance(ck, dict) and "config" in ck and isinstance(ck.get("model"), dict):
         cfg = ck["config"]
         ema = ck.get("ema")
@@ -363,15 +363,7 @@ def backbone_state(spec: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
         raise QuadformerError(f"init checkpoint {spec!r} is not a file or run folder")
     state, meta = read_checkpoint(path)
     model = create_from_config(dict(meta["model"]), int(meta["image_size"]), int(meta.get("num_classes") or 0))
-    head = _classifier_keys(model)
+    head = classifier_keys(model)
     return {k: v for k, v in state.items() if k not in head}, meta
 
 
-def _classifier_keys(model: nn.Module) -> set[str]:
-    clf = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(clf, nn.Module) or isinstance(clf, nn.Identity):
-        return set()
-    for name, mod in model.named_modules():
-        if mod is clf:
-            return {f"{name}.{k}" for k in clf.state_dict()}
-    return set()

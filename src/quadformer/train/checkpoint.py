@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..utils.errors import QuadformerError
+from ..utils.state_dict import load_torch_file
 from ..utils.io import atomic_write
 
 
@@ -19,15 +19,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise QuadformerError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        first = (str(e).strip().splitlines() or [""])[0][:160]  # torch's messages run to many lines
-        raise QuadformerError(f"cannot read checkpoint {path} ({e.__class__.__name__}: {first}); expected a file "
-                              f"written by `quadformer train` (last.pt) or `model.safetensors`") from None
+    """A training checkpoint, read with ``weights_only=True``."""
+    return load_torch_file(path)
 
 
 def rng_state() -> dict[str, Any]:

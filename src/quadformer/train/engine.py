@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from ..models.factory import build_model as models_build
+from ..models.factory import classifier_keys, model_gmacs, unwrap  # noqa: F401  (re-exported)
 from ..utils.errors import QuadformerError
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .config import Config
@@ -123,52 +125,10 @@ def build_data(cfg: Config) -> DataBundle:
 # ----------------------------------------------------------------------------------------------
 
 
-def is_ours(name: str) -> bool:
-    return name.startswith(("quadformer_", "uniform_vit_"))
-
-
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    import timm
-
-    import quadformer.models  # noqa: F401  (registers our models with timm)
-
+    """The model of a training config (see :func:`quadformer.models.build_model`)."""
     m = cfg.model
-    kwargs = dict(m.kwargs)
-    if is_ours(m.name):
-        kwargs.setdefault("img_size", cfg.data.image_size)
-        if m.num_patches is not None:
-            kwargs["num_patches"] = m.num_patches
-        if m.vanilla_checkpoint:
-            kwargs["vanilla_checkpoint"] = m.vanilla_checkpoint
-    elif m.vanilla_checkpoint:
-        kwargs["checkpoint_path"] = m.vanilla_checkpoint
-    try:
-        return timm.create_model(m.name, num_classes=num_classes, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            close = timm.list_models(f"*{m.name.split('_')[0]}*")[:8]
-            raise QuadformerError(f"unknown model {m.name!r}; e.g. {', '.join(close)}") from None
-        raise
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def model_gmacs(model: nn.Module, image_size: int) -> tuple[float, str]:
-    """GMACs per image and the convention used."""
-    model = unwrap(model)
-    if hasattr(model, "gmacs"):
-        return float(model.gmacs()), "analytic: qkv/proj/MLP/attention matmuls + patch embed + scorer"
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
-    was = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(x)
-    model.train(was)
-    return fc.get_total_flops() / 2e9, "torch FlopCounterMode / 2 (matmul and conv MACs)"
+    return models_build(m.name, num_classes, cfg.data.image_size, m.num_patches, m.kwargs, m.vanilla_checkpoint)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,9 +322,7 @@ def init_from_checkpoint(model: nn.Module, cfg: Config) -> None:
 
 
 def _head_keys(model: nn.Module) -> list[str]:
-    from ..models.loading import _classifier_keys
-
-    return sorted(_classifier_keys(model))
+    return sorted(classifier_keys(model))
 
 
 def _train(cfg: Config, info: DistInfo, device: torch.device, out: Path, resume, stop_after_steps,
