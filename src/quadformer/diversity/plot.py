@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..viz.plots import save_figure
+from ..utils.figures import save_figure
 
 __all__ = ["plot_per_layer"]
 

@@ -1,13 +1,18 @@
 """Atomic file writes (a crash or a concurrent writer leaves the old file or the new one, never a
-torn one) and an advisory file lock (so several processes can share one output folder)."""
+torn one), the JSON/CSV/text writers built on it, and a file lock (so several processes can
+share one output folder)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -30,27 +35,66 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     return path
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with numpy scalars/arrays as Python numbers/lists, tuples as lists, dict keys as
+    strings and NaN as ``None`` (JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "tolist") and hasattr(x, "dtype"):  # numpy array or scalar
+        return jsonable(x.tolist())
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Atomically write ``obj`` (made :func:`jsonable`) as JSON."""
+    return write_text(path, json.dumps(jsonable(obj), indent=indent) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]], fieldnames: Sequence[str] | None = None,
+              extrasaction: str = "raise") -> Path:
+    """Atomically write dict rows as CSV (header: ``fieldnames``, default the first row's keys)."""
+    rows = list(rows)
+    names = list(fieldnames) if fieldnames is not None else (list(rows[0]) if rows else [])
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=names, extrasaction=extrasaction)  # type: ignore[arg-type]
+    w.writeheader()
+    w.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike, blocking: bool = True) -> Iterator[bool]:
-    """Hold an advisory lock on ``path`` (created if missing) for the ``with`` body.
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` body
+    (``filelock.FileLock``).
 
-    Yields True when held; with ``blocking=False`` yields False at once when another process holds
-    it. The OS drops the lock when its holder dies, so a killed run never leaves a stale lock.
-    Without ``fcntl`` (Windows) every lock is granted: run one process there."""
+    Yields True when held; with ``blocking=False`` yields False at once when another holder
+    (another process, or another ``file_lock`` of this one) has it. The OS drops the lock when
+    its holder dies, so a killed run never leaves a stale lock."""
+    from filelock import FileLock, Timeout
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=-1 if blocking else 0)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield True
+        lock.acquire()
+    except Timeout:
+        yield False
         return
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    try:
+        yield True
+    finally:
+        lock.release()

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..utils.figures import save_figure
+
+__all__ = ["plot_accuracy_vs_gmacs", "save_figure"]
+
 
 def plot_accuracy_vs_gmacs(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """One line per model family: ``rows`` need ``family``, ``gmacs``, ``top1``, ``num_patches``."""
@@ -30,16 +34,3 @@ def plot_accuracy_vs_gmacs(rows: Sequence[dict], path: str | Path, title: str = 
     ax.legend()
     fig.tight_layout()
     return save_figure(fig, path)
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (atomically: never a half-written file) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
