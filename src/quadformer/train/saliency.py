@@ -1,0 +1,180 @@
+"""Distilling a teacher's saliency into a label-free scorer (``train-scorer --kind distilled``).
+
+1. A full-resolution teacher (default: timm's ``resnet10t``) is trained on the user's data
+   with the normal engine, or given as a finished run/checkpoint.
+2. For every training image, the teacher's saliency of the *true* class on the ``p_min``
+   grid: Grad-CAM (Selvaraju et al., 2017) at the deepest stage no coarser than ``p_min``,
+   or the input gradient ``|d logit_y / d x|`` (Simonyan et al., 2014) pooled per cell; each
+   map divided by its maximum.
+3. A small :class:`~quadformer.tokenize.scorers.SaliencyNet` regresses those maps (binary
+   cross-entropy on the soft targets, horizontal flips), and is written as a weights file
+   that ``scorer="distilled", scorer_kwargs={"weights": path}`` loads. Labels are needed only
+   here; the scorer uses none.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..models.loading import load_model
+from ..tokenize.scorers import SaliencyNet, grad_cam, save_saliency_net
+from ..utils.errors import QuadformerError
+from .config import load_config
+from .engine import build_dataset, train
+
+log = logging.getLogger(__name__)
+METHODS = ("gradcam", "inputgrad")
+
+
+def cam_layer(model: nn.Module, p_min: int) -> nn.Module:
+    """The deepest feature stage of a timm model whose stride is at most ``p_min``."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise QuadformerError(f"teacher {type(model).__name__} has no timm feature_info; use --saliency inputgrad")
+    cands = [f for f in info if f["reduction"] <= p_min]
+    if not cands:
+        raise QuadformerError(f"no stage of the teacher has stride <= p_min={p_min}; use --saliency inputgrad")
+    return model.get_submodule(cands[-1]["module"])
+
+
+def input_gradient(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    """``|d logit_y / d x|`` summed over channels, ``[B, H, W]`` (the model's mode is kept)."""
+    with torch.enable_grad():
+        x = images.detach().clone().requires_grad_(True)
+        logits = model(x)
+        (g,) = torch.autograd.grad(logits.gather(1, labels.view(-1, 1).long()).sum(), x)
+    return g.abs().sum(1)
+
+
+def teacher_maps(model: nn.Module, images: Tensor, labels: Tensor, grid: tuple[int, int], method: str,
+                 layer: nn.Module | None) -> Tensor:
+    """Teacher saliency of the true class on ``grid``, each map scaled to max 1, ``[B, gh, gw]``."""
+    if method == "gradcam":
+        m = grad_cam(model, layer, images, labels)
+    else:
+        model.eval()
+        m = input_gradient(model, images, labels)
+    m = m.unsqueeze(1).float()
+    gh, gw = grid
+    if m.shape[-2] % gh == 0 and m.shape[-1] % gw == 0 and m.shape[-2] >= gh:
+        m = F.avg_pool2d(m, (m.shape[-2] // gh, m.shape[-1] // gw))
+    else:
+        m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+    m = m.squeeze(1).clamp_min(0)
+    peak = m.amax(dim=(1, 2), keepdim=True)
+    return torch.where(peak > 0, m / peak.clamp_min(1e-12), m)
+
+
+def saliency_targets(model: nn.Module, dataset: Dataset, grid: tuple[int, int], method: str = "gradcam",
+                     p_min: int = 8, batch_size: int = 64) -> tuple[Tensor, Tensor]:
+    """(images ``[N, 3, H, W]``, teacher maps ``[N, gh, gw]``) for a single-label data set."""
+    if method not in METHODS:
+        raise QuadformerError(f"--saliency {method!r} is not one of {METHODS}")
+    layer = cam_layer(model, p_min) if method == "gradcam" else None
+    xs, ms = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        if not isinstance(y, Tensor) or y.dim() != 1:
+            raise QuadformerError("distillation needs a single-label data set (one class per image)")
+        xs.append(x)
+        ms.append(teacher_maps(model, x, y, grid, method, layer))
+    return torch.cat(xs), torch.cat(ms)
+
+
+def train_student(images: Tensor, targets: Tensor, stride: int, widths=(8, 16, 32), epochs: int = 30,
+                  lr: float = 3e-3, batch_size: int = 64, seed: int = 0) -> tuple[SaliencyNet, float]:
+    """Fit a :class:`SaliencyNet` to ``targets`` (BCE on soft targets, random horizontal
+    flips of image and map together). Returns the net (eval mode) and the final loss."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = SaliencyNet(widths, stride)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    n = images.shape[0]
+    steps = max(1, epochs * math.ceil(n / batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    net.train()
+    loss_avg = float("nan")
+    for ep in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            x, t = images[idx], targets[idx]
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            t = torch.where(flip.view(-1, 1, 1), t.flip(-1), t)
+            logits = net(x)
+            if logits.shape[-2:] != t.shape[-2:]:
+                raise QuadformerError(f"student map {tuple(logits.shape[-2:])} does not match the target grid "
+                                      f"{tuple(t.shape[-2:])}; set the student stride to p_min")
+            loss = F.binary_cross_entropy_with_logits(logits, t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+            count += len(idx)
+        loss_avg = total / max(1, count)
+        log.info("student epoch %d/%d: loss %.4f", ep + 1, epochs, loss_avg)
+    return net.eval(), loss_avg
+
+
+def train_teacher(data: str, out: Path, model: str = "resnet10t", epochs: int = 8, train_size: int | None = 3000,
+                  image_size: int = 128, seed: int = 0, overrides: list[str] | None = None,
+                  cache_dir: str | None = None) -> Path:
+    """Train the teacher with the normal engine (resumable); returns its run folder."""
+    ov = [f"model.name={model}", "model.num_patches=null", f"data.train={data}", f"data.image_size={image_size}",
+          f"train.epochs={epochs}", f"seed={seed}", f"output.dir={out}", "optim.lr=2e-3", "optim.warmup_epochs=0.5",
+          "optim.weight_decay=0.05", "data.augment=true"]
+    if train_size is not None:
+        ov.append(f"data.train_size={train_size}")
+    if cache_dir:
+        ov.append(f"data.cache_dir={cache_dir}")
+    cfg = load_config(None, ov + list(overrides or []))
+    res = train(cfg, resume="auto")
+    if res.get("interrupted"):
+        raise QuadformerError(f"teacher training interrupted; rerun to resume from {out}")
+    return out
+
+
+def distill(data: str, out: str | Path, *, teacher: str | None = None, teacher_model: str = "resnet10t",
+            teacher_epochs: int = 8, train_size: int | None = 3000, image_size: int = 128, p_min: int = 8,
+            method: str = "gradcam", student_epochs: int = 30, widths=(8, 16, 32), seed: int = 0,
+            teacher_overrides: list[str] | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """The whole recipe; writes ``<out>/scorer.safetensors`` and returns a summary."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise QuadformerError(f"--saliency {method!r} is not one of {METHODS}")
+    common = dict(image_size=image_size, seed=0, cache_dir=cache_dir)
+    train_set = build_dataset(data, "train", train_size, False, **common)
+    num_classes = int(getattr(train_set, "num_classes", 0))
+    if getattr(train_set, "multilabel", False):
+        raise QuadformerError(f"{data} is multi-label; distillation needs a single-label task")
+    if teacher is None:
+        teacher = str(train_teacher(data, out / "teacher", teacher_model, teacher_epochs, train_size, image_size,
+                                    seed, teacher_overrides, cache_dir))
+    loaded = load_model(teacher)
+    if loaded.num_classes != num_classes:
+        raise QuadformerError(f"teacher {teacher} predicts {loaded.num_classes} classes but {data} has "
+                              f"{num_classes}; train the teacher on the same data (omit --teacher)")
+    model = loaded.model.eval()
+    grid = (image_size // p_min, image_size // p_min)
+    images, targets = saliency_targets(model, train_set, grid, method, p_min)
+    t1 = time.perf_counter()
+    net, loss = train_student(images, targets, p_min, widths, student_epochs, seed=seed)
+    path = out / "scorer.safetensors"
+    summary = {"data": data, "teacher": str(teacher), "saliency": method, "train_images": int(images.shape[0]),
+               "student_loss": round(loss, 5), "image_size": image_size, "p_min": p_min,
+               "targets_seconds": round(t1 - t0, 1), "student_seconds": round(time.perf_counter() - t1, 1)}
+    save_saliency_net(net, path, extra=summary)
+    summary["weights"] = str(path)
+    return summary
