@@ -639,7 +639,7 @@ def test_create_scorer(cnn):
     assert isinstance(create_scorer("precomputed"), PrecomputedScorer)
     assert isinstance(create_scorer("feature", weights="random", tap_stride=8), FeatureScorer)
     assert isinstance(create_scorer("gradcam", model=cnn, target_layer=cnn.features), GradCamOracleScorer)
-    assert set(SCORERS) == {"pixel-blur", "feature", "precomputed", "random", "gradcam"}
+    assert {"pixel-blur", "feature", "precomputed", "random", "gradcam"} <= set(SCORERS)
     with pytest.raises(ValueError) as e:
         create_scorer("saliency")
     for name in SCORERS:

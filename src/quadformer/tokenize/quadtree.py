@@ -1,4 +1,4 @@
-"""Batched quadtree selection with sorts only (spec §2, §3).
+"""Batched quadtree selection with sorts only (``docs/design/mixed_resolution.md``).
 
 No Python loop over images or splits: the only loops run over the L scales (L <= ~5).
 
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .geometry import QuadGeometry
+from .validation import validating
 
 _INT64_MAX = 2**63 - 1
 
@@ -88,7 +89,7 @@ def _flatten_scores(scores: list[Tensor], geometry: QuadGeometry) -> Tensor:
             raise ValueError(f"score map for scale {s} has shape {tuple(m.shape)}, expected [B, {gh}, {gw}]")
         flat.append(m.reshape(m.shape[0], -1))
     out = torch.cat(flat, 1)
-    if torch.isnan(out).any():
+    if validating(out) and bool(torch.isnan(out).any()):
         raise ValueError("patch scores contain NaN; check the scorer's input (e.g. NaN pixels)")
     return out
 
@@ -122,8 +123,7 @@ def select_splits(
     flat = _flatten_scores(scores, geometry).float()  # [B, T]
     T = flat.shape[1]
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(T, device=device).expand(B, T))
+    rank = torch.zeros_like(order).scatter(1, order, torch.arange(T, device=device).expand(B, T))
 
     # Per-depth rank maps (depth d = L-1-s), then suffix maxima along root-to-node paths.
     rank_maps, start = [], 0
@@ -140,17 +140,20 @@ def select_splits(
         suffix = [torch.maximum(_upsample_nearest(e, 2), r) for e in suffix] + [r]
         digits = [e.reshape(B, -1) + 1 for e in suffix]  # e_i + 1; absent entries are 0
         if packable:
-            key = torch.zeros_like(digits[0])
-            for i, dg in enumerate(digits):
-                key += dg * radix ** (L - 2 - i)
+            key = digits[0] * radix ** (L - 2)
+            for i, dg in enumerate(digits[1:], start=1):
+                key = key + dg * radix ** (L - 2 - i)
             keys.append(key)
         else:
             zero = torch.zeros_like(digits[0])
             digit_lists.append(digits + [zero] * (L - 1 - len(digits)))
 
     if packable:
+        # Keys are distinct (a node's own rank is its last non-zero digit), so the k smallest
+        # are those up to the k-th smallest: a comparison, no scatter (ONNX/jit.trace-friendly).
         key = torch.cat(keys, 1)  # canonical layout, [B, T]
-        chosen = torch.topk(key, k, dim=1, largest=False, sorted=False).indices
+        kth = torch.topk(key, k, dim=1, largest=False, sorted=True).values[:, k - 1 :]
+        mask = key <= kth
     else:
         # Lexicographic order by stable sorts from the last entry to the first (LSD radix).
         cols = [torch.cat([dl[i] for dl in digit_lists], 1) for i in range(L - 1)]
@@ -158,10 +161,10 @@ def select_splits(
         for i in range(L - 2, -1, -1):
             sub = torch.gather(cols[i], 1, perm)
             perm = torch.gather(perm, 1, torch.sort(sub, dim=1, stable=True).indices)
-        chosen = perm[:, :k]
+        # position of each node in the lexicographic order (the inverse permutation)
+        pos = torch.zeros_like(perm).scatter(1, perm, torch.arange(T, device=device).expand(B, T))
+        mask = pos < k
 
-    mask = torch.zeros(B, T, dtype=torch.bool, device=device)
-    mask.scatter_(1, chosen, True)
     start = 0
     for s in range(L - 1, 0, -1):
         gh, gw = geometry.grid(s)
@@ -189,7 +192,8 @@ def select_tokens(
     """Indices ``[B, N]`` into the canonical cell layout of the selected tokens, in
     canonical emission order (side descending, then y, then x)."""
     mask = token_mask(select_splits(scores, geometry, batch_size, device), geometry)
-    n = geometry.num_patches
-    # Stable descending sort of the boolean mask keeps canonical order among the chosen.
-    idx = torch.sort(mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :n]
-    return idx
+    n, m = geometry.num_patches, geometry.num_cells
+    # Distinct keys (tokens first, canonical position within): the N smallest in sorted order
+    # are the tokens in canonical order, with no reliance on a stable sort (ONNX TopK).
+    key = torch.arange(m, device=mask.device) + (~mask).to(torch.int64) * m
+    return torch.topk(key, n, dim=1, largest=False, sorted=True).indices
