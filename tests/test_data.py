@@ -291,7 +291,7 @@ def test_imagefolder_skips_corrupt_file_at_load_time(tmp_path, caplog):
     ds = ImageFolderDataset(tmp_path / "train")
     assert ds.class_names == ["cat", "dog"] and len(ds) == 7  # .txt ignored, broken file listed
     bad_index = [p for p, _ in ds.samples].index(str(bad))
-    with caplog.at_level(logging.WARNING, logger="quadformer.data.folders"):
+    with caplog.at_level(logging.WARNING, logger="quadformer.data.real.base"):
         img, label = ds[bad_index]
     assert isinstance(img, Image.Image) and img.mode == "RGB"
     assert ds.num_skipped == 1 and ds.skipped_paths == [str(bad)]
@@ -304,7 +304,7 @@ def test_imagefolder_skips_corrupt_file_at_load_time(tmp_path, caplog):
 
 def test_imagefolder_verify_at_scan_time(tmp_path, caplog):
     bad = _write_folder(tmp_path / "train")
-    with caplog.at_level(logging.WARNING, logger="quadformer.data.folders"):
+    with caplog.at_level(logging.WARNING, logger="quadformer.data.real.base"):
         ds = ImageFolderDataset(tmp_path / "train", verify=True, image_size=32)
     assert len(ds) == 6 and ds.num_skipped == 1 and ds.skipped_paths == [str(bad)]
     assert str(bad) in caplog.text
@@ -323,19 +323,19 @@ def test_imagefolder_truncated_file_passes_verify_but_is_skipped_at_load(tmp_pat
     ds = ImageFolderDataset(root, verify=True)
     assert ds.num_skipped == 0 and len(ds) == 7
     i = [p for p, _ in ds.samples].index(str(full))
-    with caplog.at_level(logging.WARNING, logger="quadformer.data.folders"):
+    with caplog.at_level(logging.WARNING, logger="quadformer.data.real.base"):
         ds[i]
     assert ds.skipped_paths == [str(full)] and "big.jpg" in caplog.text
 
 
 def test_imagefolder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(QuadformerError, match="does not exist"):
         ImageFolderDataset(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no class sub-folders"):
+    with pytest.raises(QuadformerError, match="no class sub-folders"):
         ImageFolderDataset(tmp_path / "empty")
     (tmp_path / "noimg" / "a").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no images"):
+    with pytest.raises(QuadformerError, match="no images"):
         ImageFolderDataset(tmp_path / "noimg")
     (tmp_path / "allbad" / "a").mkdir(parents=True)
     (tmp_path / "allbad" / "a" / "x.png").write_bytes(b"junk")
@@ -388,9 +388,9 @@ def test_cifar100_and_missing_files(tmp_path):
     ds = CIFARDataset(tmp_path, "train", "cifar100")
     assert len(ds) == 5 and ds.num_classes == 100 and ds[4][1] == 4
     assert CIFARDataset(tmp_path, "test", "cifar100", label="coarse").num_classes == 20
-    with pytest.raises(FileNotFoundError, match=r"data_batch_1.*cifar-10-batches-py"):
+    with pytest.raises(QuadformerError, match=r"data_batch_1.*cifar-10-batches-py"):
         CIFARDataset(tmp_path / "nowhere", "train")
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+    with pytest.raises(QuadformerError, match=str(tmp_path / "nowhere")):
         CIFARDataset(tmp_path / "nowhere", "test", "cifar100")
 
 
@@ -421,6 +421,6 @@ def test_build_dataset_errors(tmp_path):
         build_dataset("builtin:nope")
     with pytest.raises(ValueError, match="needs a folder"):
         build_dataset("cifar10:")
-    with pytest.raises(FileNotFoundError, match="no 'val' folder"):
+    with pytest.raises(QuadformerError, match="no 'val' folder"):
         (tmp_path / "train" / "a").mkdir(parents=True)
         build_dataset(f"imagefolder:{tmp_path}", "val", 64)

@@ -1,4 +1,4 @@
-"""Tests for quadformer.data.multilabel: VOC 2007, COCO and CSV multi-label loaders."""
+"""Tests for quadformer.data.real.multilabel: VOC 2007, COCO and CSV multi-label loaders."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from quadformer.utils.errors import QuadformerError
 from quadformer.data import build_dataset
-from quadformer.data.multilabel import VOC_CLASSES, COCOMultiLabel, CSVMultiLabel, VOCMultiLabel
+from quadformer.data.real.multilabel import VOC_CLASSES, COCOMultiLabel, CSVMultiLabel, VOCMultiLabel
 
 
 def _img(path, seed=0, size=(20, 16)):
@@ -109,20 +110,20 @@ def test_voc_items_transforms_and_factory(voc):
 
 
 def test_voc_errors(voc, tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(QuadformerError, match="does not exist"):
         VOCMultiLabel(tmp_path / "nowhere")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="Annotations"):
+    with pytest.raises(QuadformerError, match="Annotations"):
         VOCMultiLabel(empty)
     with pytest.raises(ValueError, match="split"):
         VOCMultiLabel(voc, "dev")
     base = voc / "VOCdevkit" / "VOC2007"
     (base / "ImageSets/Main/train.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="train.txt"):
+    with pytest.raises(QuadformerError, match="train.txt"):
         VOCMultiLabel(voc, "train")
     (base / "Annotations/000004.xml").unlink()
-    with pytest.raises(FileNotFoundError, match="000004.xml"):
+    with pytest.raises(QuadformerError, match="000004.xml"):
         VOCMultiLabel(voc, "val")
     (base / "Annotations/000003.xml").write_text(_voc_xml([("unicorn", 0)]))
     with pytest.raises(ValueError, match="000003.xml.*unicorn"):
@@ -194,13 +195,13 @@ def test_coco_targets(coco):
 
 
 def test_coco_errors(coco, tmp_path):
-    with pytest.raises(FileNotFoundError, match="instances_train2014.json"):
+    with pytest.raises(QuadformerError, match="instances_train2014.json"):
         COCOMultiLabel(coco, "train")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(QuadformerError, match="does not exist"):
         COCOMultiLabel(tmp_path / "nope", "val")
-    with pytest.raises(FileNotFoundError, match="instances_val2017.json"):
+    with pytest.raises(QuadformerError, match="instances_val2017.json"):
         COCOMultiLabel(coco, "val", year=2017)
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(QuadformerError, match="missing.json"):
         COCOMultiLabel(tmp_path / "missing.json")
     ann = coco / "annotations" / "instances_val2014.json"
     data = json.loads(ann.read_text())
@@ -214,7 +215,7 @@ def test_coco_errors(coco, tmp_path):
     import shutil
 
     shutil.rmtree(coco / "val2014")
-    with pytest.raises(FileNotFoundError, match="val2014"):
+    with pytest.raises(QuadformerError, match="val2014"):
         COCOMultiLabel(coco, "val")
 
 
@@ -274,9 +275,9 @@ def test_csv_onehot_columns(csv_dir):
 
 
 def test_csv_errors_and_corrupt_image(csv_dir, caplog):
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(QuadformerError, match="nope.csv"):
         CSVMultiLabel(csv_dir / "nope.csv")
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(QuadformerError, match="nope.csv"):
         build_dataset(f"csv:{csv_dir / 'nope.csv'}", "train", 16)
     f = csv_dir / "short.csv"
     f.write_text("path,labels\nimg/0.png\n")
@@ -300,9 +301,9 @@ def test_factory_schemes_and_errors(tmp_path):
     from quadformer.data import DATASET_SCHEMES
 
     assert {"voc2007", "coco", "csv"} <= set(DATASET_SCHEMES)
-    with pytest.raises(FileNotFoundError, match="VOC"):
+    with pytest.raises(QuadformerError, match="VOC"):
         build_dataset(f"voc2007:{tmp_path / 'x'}", "trainval", 16)
-    with pytest.raises(FileNotFoundError, match="COCO"):
+    with pytest.raises(QuadformerError, match="COCO"):
         build_dataset(f"coco:{tmp_path / 'x'}", "train", 16)
     with pytest.raises(ValueError, match="needs a folder"):
         build_dataset("coco:", "train", 16)

@@ -1,4 +1,4 @@
-"""Tests for quadformer.data.suite: the offline diversity / transfer suite."""
+"""Tests for the offline diversity / transfer suite (quadformer.data.procedural)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from quadformer.utils.errors import QuadformerError
 from quadformer.data import IMAGENET_MEAN, IMAGENET_STD, BuiltinDataset, build_dataset
-from quadformer.data import suite as S
-from quadformer.data.suite import SUITE, SUITE_TASKS, build_suite_dataset, rgb_hue
+from quadformer.data import procedural as S
+from quadformer.data.procedural import SUITE, SUITE_TASKS, build_suite_dataset
+from quadformer.data.procedural import photos
+from quadformer.data.procedural.draw import rgb_hue
 
 TASKS = list(SUITE_TASKS)
 N = 120  # small sets keep the file fast
@@ -256,20 +259,20 @@ def test_sk_patches_skips_missing_photos(tmp_path, monkeypatch, caplog):
     src = os.path.dirname(skd.__file__)
     for fn in ("camera.png", "coins.png", "moon.png"):
         shutil.copy(os.path.join(src, fn), tmp_path / fn)
-    monkeypatch.setattr(S, "_skimage_dirs", lambda: [str(tmp_path)])
-    S._load_photos.cache_clear()
+    monkeypatch.setattr(photos, "skimage_dirs", lambda: [str(tmp_path)])
+    photos.load_photos.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="quadformer.data.suite"):
+        with caplog.at_level(logging.WARNING, logger="quadformer.data.procedural.photos"):
             ds = build_suite_dataset("sk-patches", "test", 16)
         assert ds.class_names == ["camera", "coins", "moon"]
         assert len(ds) == 120 and ds.images.shape[-1] == 3
         assert "astronaut" in caplog.text and "skipping" in caplog.text
-        monkeypatch.setattr(S, "_skimage_dirs", lambda: [str(tmp_path / "none")])
-        S._load_photos.cache_clear()
-        with pytest.raises(FileNotFoundError, match="none of the scikit-image photos"):
+        monkeypatch.setattr(photos, "skimage_dirs", lambda: [str(tmp_path / "none")])
+        photos.load_photos.cache_clear()
+        with pytest.raises(QuadformerError, match="none of the scikit-image photos"):
             build_suite_dataset("sk-patches", "test", 16)
     finally:
-        S._load_photos.cache_clear()
+        photos.load_photos.cache_clear()
 
 
 def test_dataloader_and_transform():

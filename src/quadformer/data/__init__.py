@@ -1,71 +1,85 @@
-"""Data: built-in procedural small-object tasks and local real-image loaders.
+"""Data: procedural tasks and local real-image loaders, all built by :func:`build_dataset`.
 
-``build_dataset("builtin:glyphs", "train", 128)`` is the usual entry point; see
-:mod:`quadformer.data.builtin` for the procedural task family and
-:mod:`quadformer.data.folders` for ImageNet-style folders and CIFAR,
-:mod:`quadformer.data.suite` for the offline diversity/transfer suite (``builtin:shapes-textures``,
-``builtin:sk-digits``, ...) and :mod:`quadformer.data.multilabel` for VOC 2007 / COCO / CSV
-multi-label loaders (``voc2007:<root>``, ``coco:<root>``, ``csv:<file>``).
+``build_dataset("builtin:glyphs", "train", 128)`` is the usual entry point.
+:mod:`quadformer.data.procedural` holds the generated tasks (one base, one file per family:
+glyphs, natural photos, shapes-textures, scenes, digits, photo patches);
+:mod:`quadformer.data.real` the loaders of ImageNet-style folders, CIFAR and VOC 2007 / COCO /
+CSV multi-label lists (``imagefolder:<root>``, ``cifar10:<root>``, ``voc2007:<root>``,
+``coco:<root>``, ``csv:<file>``). ImageNet mean / std are timm's constants.
 """
 
-from .builtin import (
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
+
+from .factory import DATASET_SCHEMES, build_dataset
+from .procedural import (
+    BLOCK,
     DEFAULT_SIZES,
     GENERATOR_VERSION,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+    SUITE,
+    SUITE_TASKS,
+    SUITE_VERSION,
     BuiltinDataset,
+    ProceduralDataset,
     Sample,
+    SuiteDataset,
     TaskSpec,
+    build_builtin,
+    build_suite_dataset,
+    builtin_task_names,
     generate,
     get_task,
+    is_suite_task,
+    list_suite_tasks,
     list_tasks,
     register_task,
     sample_objects,
 )
-from .folders import (
-    DATASET_SCHEMES,
+from .real import (
+    DIFFICULT_POLICIES,
     IMG_EXTENSIONS,
+    VOC_CLASSES,
     CIFARDataset,
+    COCOMultiLabel,
+    CSVMultiLabel,
     ImageFolderDataset,
-    build_dataset,
+    VOCMultiLabel,
     create_transforms,
-)
-from .multilabel import DIFFICULT_POLICIES, VOC_CLASSES, COCOMultiLabel, CSVMultiLabel, VOCMultiLabel
-from .suite import (
-    SUITE,
-    SUITE_TASKS,
-    SuiteDataset,
-    build_suite_dataset,
-    list_suite_tasks,
 )
 
 __all__ = [
-    "DEFAULT_SIZES",
-    "GENERATOR_VERSION",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "DATASET_SCHEMES",
+    "build_dataset",
+    "BLOCK",
+    "DEFAULT_SIZES",
+    "GENERATOR_VERSION",
+    "SUITE",
+    "SUITE_TASKS",
+    "SUITE_VERSION",
     "BuiltinDataset",
+    "ProceduralDataset",
     "Sample",
+    "SuiteDataset",
     "TaskSpec",
+    "build_builtin",
+    "build_suite_dataset",
+    "builtin_task_names",
     "generate",
     "get_task",
+    "is_suite_task",
+    "list_suite_tasks",
     "list_tasks",
     "register_task",
     "sample_objects",
-    "DATASET_SCHEMES",
-    "IMG_EXTENSIONS",
-    "CIFARDataset",
-    "ImageFolderDataset",
-    "build_dataset",
-    "create_transforms",
     "DIFFICULT_POLICIES",
+    "IMG_EXTENSIONS",
     "VOC_CLASSES",
+    "CIFARDataset",
     "COCOMultiLabel",
     "CSVMultiLabel",
+    "ImageFolderDataset",
     "VOCMultiLabel",
-    "SUITE",
-    "SUITE_TASKS",
-    "SuiteDataset",
-    "build_suite_dataset",
-    "list_suite_tasks",
+    "create_transforms",
 ]

@@ -10,9 +10,11 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from ..data.builtin import IMAGENET_MEAN, IMAGENET_STD
-from .features import DataRef, FeatureSet, build_eval_dataset, get_features
-from .finetune import DEFAULT_EPOCHS, LR_GRIDS, finetune
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
+
+from .features import DataRef, FeatureSet, build_eval_dataset, dataset_targets, get_features
+from .finetune import DEFAULT_EPOCHS, LR_GRIDS, FinetuneOptions, finetune
 from .probes import ProbeResult, fewshot_probe, knn_probe, linear_probe
 from .tasks import Task
 
@@ -36,6 +38,8 @@ class ModelRef:
 
 @dataclass
 class ProtocolOptions:
+    """Settings of every protocol; the fine-tuning ones become :class:`FinetuneOptions`."""
+
     grid: str | Sequence[float] = "full"  # linear-probe C grid
     seed: int = 0
     val_frac: float = 0.25
@@ -57,6 +61,12 @@ class ProtocolOptions:
     work_dir: str | Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def finetune_options(self, image_size: int) -> FinetuneOptions:
+        return FinetuneOptions(lrs=self.lrs, epochs=self.epochs, batch_size=self.ft_batch_size,
+                               weight_decay=self.weight_decay, image_size=image_size, val_frac=self.val_frac,
+                               seed=self.seed, amp=self.amp, lp_ft=self.lp_ft, work_dir=self.work_dir,
+                               progress=self.progress)
+
 
 def task_refs(task: Task, m: ModelRef) -> tuple[DataRef, DataRef]:
     common = dict(image_size=int(m.image_size), seed=task.seed, mean=tuple(m.mean), std=tuple(m.std))
@@ -72,6 +82,18 @@ def task_features(task: Task, m: ModelRef, opts: ProtocolOptions) -> tuple[Featu
             get_features(m.model, m.digest, te, **kw))  # type: ignore[arg-type]
 
 
+def _finetune_task(m: ModelRef, task: Task, opts: ProtocolOptions) -> ProbeResult:
+    tr_ref, te_ref = task_refs(task, m)
+    train_set, test_set = build_eval_dataset(tr_ref), build_eval_dataset(te_ref)
+    y = dataset_targets(train_set)
+    multilabel = bool(getattr(train_set, "multilabel", y.ndim == 2))
+    nc = int(getattr(train_set, "num_classes", y.shape[1] if y.ndim == 2 else int(y.max()) + 1))
+    feats = task_features(task, m, opts)[0].features if opts.lp_ft else None
+    return finetune(m.model, train_set, test_set, num_classes=nc, multilabel=multilabel,
+                    class_names=list(getattr(train_set, "class_names", []) or []) or None, train_targets=y,
+                    train_features=feats, options=opts.finetune_options(m.image_size))
+
+
 def evaluate_task(m: ModelRef, task: Task, protocol: str, opts: ProtocolOptions) -> tuple[ProbeResult, dict[str, Any]]:
     """``(result, info)``; ``info`` has timings and whether the features came from the cache."""
     if protocol not in PROTOCOLS:
@@ -79,23 +101,7 @@ def evaluate_task(m: ModelRef, task: Task, protocol: str, opts: ProtocolOptions)
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
     if protocol == "finetune":
-        tr_ref, te_ref = task_refs(task, m)
-        train_set, test_set = build_eval_dataset(tr_ref), build_eval_dataset(te_ref)
-        from .features import dataset_targets
-
-        y = dataset_targets(train_set)
-        multilabel = bool(getattr(train_set, "multilabel", y.ndim == 2))
-        nc = int(getattr(train_set, "num_classes", y.shape[1] if y.ndim == 2 else int(y.max()) + 1))
-        feats = None
-        if opts.lp_ft:
-            ftr, _ = task_features(task, m, opts)
-            feats = ftr.features
-        res = finetune(m.model, train_set, test_set, num_classes=nc, multilabel=multilabel,
-                       class_names=list(getattr(train_set, "class_names", []) or []) or None, train_targets=y,
-                       lrs=opts.lrs, epochs=opts.epochs, batch_size=opts.ft_batch_size,
-                       weight_decay=opts.weight_decay, image_size=m.image_size, val_frac=opts.val_frac,
-                       seed=opts.seed, amp=opts.amp, lp_ft=opts.lp_ft, train_features=feats,
-                       work_dir=opts.work_dir, progress=opts.progress)
+        res = _finetune_task(m, task, opts)
         info["seconds"] = time.perf_counter() - t0
         return res, info
     ftr, fte = task_features(task, m, opts)

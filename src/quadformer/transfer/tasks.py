@@ -55,11 +55,9 @@ class Task:
 
 
 def _suite() -> dict | None:
-    try:
-        from ..data import suite  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(suite, "SUITE", None)
+    from ..data import SUITE
+
+    return SUITE
 
 
 def _as_spec(name: str) -> str:
@@ -86,9 +84,9 @@ def builtin_tasks() -> list[Task]:
 
 
 def _known_schemes() -> tuple[str, ...]:
-    from ..data import folders
+    from ..data import DATASET_SCHEMES
 
-    return tuple(getattr(folders, "DATASET_SCHEMES", ("builtin", "imagefolder", "cifar10", "cifar100")))
+    return tuple(DATASET_SCHEMES)
 
 
 def _builtin_names() -> list[str]:
@@ -96,7 +94,7 @@ def _builtin_names() -> list[str]:
 
     names = list(list_tasks())
     try:
-        from ..data.suite import list_suite_tasks  # type: ignore[import-not-found]
+        from ..data import list_suite_tasks  # type: ignore[import-not-found]
 
         names += [n for n in list_suite_tasks() if n not in names]
     except ImportError:

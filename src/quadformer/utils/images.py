@@ -7,12 +7,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch import Tensor
 
 from .errors import QuadformerError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_rgb(path: str | Path) -> Image.Image:

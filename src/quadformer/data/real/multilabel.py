@@ -3,14 +3,14 @@
 Each is a map-style torch ``Dataset`` of ``(image, target)`` where ``target`` is a float32
 multi-hot tensor ``[num_classes]``; they expose ``num_classes``, ``multilabel = True``,
 ``class_names`` and ``targets`` (a float32 ``[N, C]`` numpy array, no image decoding).
-Transforms follow :class:`~quadformer.data.folders.ImageFolderDataset`: ``transform`` is a
+Transforms follow :class:`~quadformer.data.real.folders.ImageFolderDataset`: ``transform`` is a
 callable on the RGB PIL image; if it is ``None`` and ``image_size`` is given, timm transforms are
 built; with neither, the PIL image is returned.
 
 Unreadable images are handled like :class:`ImageFolderDataset`: a logged warning naming the
 path, recorded in :attr:`skipped_paths`, replaced by the next readable sample
 (``on_error="skip"``, default) -- or an ``OSError`` naming the path (``on_error="raise"``).
-Nothing here downloads anything; a missing folder or file raises ``FileNotFoundError`` naming
+Nothing here downloads anything; a missing folder or file raises :class:`~quadformer.utils.errors.QuadformerError` naming
 the path and the expected layout.
 """
 
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .folders import _ClassList, _ImageFiles, _subset_indices, create_transforms
+from ...utils.errors import QuadformerError
+from .base import ClassList, ImageFiles, create_transforms, subset_indices
 
 __all__ = [
     "VOC_CLASSES",
@@ -46,7 +47,7 @@ VOC_CLASSES = (
 DIFFICULT_POLICIES = ("ignore", "positive", "exclude")
 
 
-class MultiLabelFiles(_ClassList, _ImageFiles, Dataset):
+class MultiLabelFiles(ClassList, ImageFiles, Dataset):
     """Base class: a list of image paths with a float32 multi-hot matrix.
 
     Subclasses set ``self.root``, ``self.classes``, ``self.paths`` (list of str) and
@@ -87,11 +88,11 @@ class MultiLabelFiles(_ClassList, _ImageFiles, Dataset):
         keep_arrays: Sequence[str] = (),
     ) -> None:
         if on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+            raise QuadformerError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         self.on_error = on_error
         self.max_retries = int(max_retries)
         self._targets = np.asarray(self._targets, np.float32).reshape(len(self.paths), len(self.classes))
-        keep = _subset_indices(len(self.paths), max_samples, seed)
+        keep = subset_indices(len(self.paths), max_samples, seed)
         if keep is not None:
             self._select(keep, keep_arrays)
         self.skipped_paths: list[str] = []
@@ -101,7 +102,7 @@ class MultiLabelFiles(_ClassList, _ImageFiles, Dataset):
             if len(good) < len(self.paths):
                 self._select(np.asarray(good, np.int64), keep_arrays)
             if not self.paths:
-                raise RuntimeError(f"every image of {self.root} failed verification")
+                raise QuadformerError(f"every image of {self.root} failed verification")
         if transform is None and image_size is not None:
             transform = create_transforms(image_size, is_training, **(transform_kwargs or {}))
         self.transform = transform
@@ -133,11 +134,11 @@ def _voc_root(root: Path, year: str) -> Path:
         if (c / "Annotations").is_dir() and (c / "ImageSets" / "Main").is_dir():
             return c
     if not root.exists():
-        raise FileNotFoundError(
+        raise QuadformerError(
             f"VOC root {root} does not exist (expected VOCdevkit/ or VOCdevkit/VOC{year}/ holding "
             f"Annotations/, ImageSets/Main/ and JPEGImages/)"
         )
-    raise FileNotFoundError(
+    raise QuadformerError(
         f"no VOC{year} layout found: looked in {', '.join(str(c) for c in candidates)} for Annotations/ and "
         f"ImageSets/Main/ (expected VOCdevkit/VOC{year}/{{Annotations,ImageSets/Main,JPEGImages}})"
     )
@@ -149,12 +150,12 @@ def parse_voc_xml(path: str | os.PathLike, classes: Sequence[str] = VOC_CLASSES)
     try:
         tree = ET.parse(path)
     except (ET.ParseError, OSError) as e:
-        raise ValueError(f"cannot parse VOC annotation {path} ({type(e).__name__}: {e})") from e
+        raise QuadformerError(f"cannot parse VOC annotation {path} ({type(e).__name__}: {e})") from e
     out = []
     for obj in tree.getroot().iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in index:
-            raise ValueError(f"{path}: unknown VOC class {name!r} (known: {', '.join(classes)})")
+            raise QuadformerError(f"{path}: unknown VOC class {name!r} (known: {', '.join(classes)})")
         diff = (obj.findtext("difficult") or "0").strip()
         out.append((index[name], diff not in ("0", "", "false", "False")))
     return out
@@ -177,7 +178,7 @@ class VOCMultiLabel(MultiLabelFiles):
             * ``"exclude"``: images with a difficult-only class (any ``difficult_mask`` entry)
               are dropped; the remaining targets are unambiguous.
         year: ``"2007"`` (the layout works for other VOC years too).
-        Other arguments as in :class:`~quadformer.data.folders.ImageFolderDataset`.
+        Other arguments as in :class:`~quadformer.data.real.folders.ImageFolderDataset`.
     """
 
     def __init__(
@@ -198,27 +199,27 @@ class VOCMultiLabel(MultiLabelFiles):
         transform_kwargs: dict | None = None,
     ) -> None:
         if difficult not in DIFFICULT_POLICIES:
-            raise ValueError(f"difficult must be one of {DIFFICULT_POLICIES}, got {difficult!r}")
+            raise QuadformerError(f"difficult must be one of {DIFFICULT_POLICIES}, got {difficult!r}")
         if split not in ("train", "val", "trainval", "test"):
-            raise ValueError(f"VOC split must be train, val, trainval or test, got {split!r}")
+            raise QuadformerError(f"VOC split must be train, val, trainval or test, got {split!r}")
         year = str(year)
         self.root = _voc_root(Path(root), year)
         self.split, self.difficult, self.year = split, difficult, year
         self.classes = list(VOC_CLASSES)
         list_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
         if not list_file.is_file():
-            raise FileNotFoundError(f"VOC split list {list_file} not found (expected one image id per line)")
+            raise QuadformerError(f"VOC split list {list_file} not found (expected one image id per line)")
         ids = [ln.split()[0] for ln in list_file.read_text().splitlines() if ln.strip()]
         img_dir = self.root / "JPEGImages"
         if not img_dir.is_dir():
-            raise FileNotFoundError(f"VOC image folder {img_dir} not found (expected JPEGImages/<id>.jpg)")
+            raise QuadformerError(f"VOC image folder {img_dir} not found (expected JPEGImages/<id>.jpg)")
         C = len(self.classes)
         targets = np.zeros((len(ids), C), np.float32)
         mask = np.zeros((len(ids), C), bool)
         for i, image_id in enumerate(ids):
             xml = self.root / "Annotations" / f"{image_id}.xml"
             if not xml.is_file():
-                raise FileNotFoundError(f"VOC annotation {xml} not found (listed in {list_file})")
+                raise QuadformerError(f"VOC annotation {xml} not found (listed in {list_file})")
             clear = np.zeros(C, bool)
             hard = np.zeros(C, bool)
             for c, diff in parse_voc_xml(xml, self.classes):
@@ -248,7 +249,7 @@ def _coco_paths(root: Path, split: str, year: str, image_dir: str | os.PathLike 
     if root.suffix.lower() == ".json":
         ann = root
         if not ann.is_file():
-            raise FileNotFoundError(f"COCO annotation file {ann} not found")
+            raise QuadformerError(f"COCO annotation file {ann} not found")
         if image_dir is not None:
             imgs = Path(image_dir)
         else:
@@ -256,21 +257,21 @@ def _coco_paths(root: Path, split: str, year: str, image_dir: str | os.PathLike 
             cands = [ann.parent / stem, ann.parent.parent / stem, ann.parent / "images", ann.parent]
             imgs = next((c for c in cands if c.is_dir() and c != ann.parent), None) or ann.parent
         if not imgs.is_dir():
-            raise FileNotFoundError(f"COCO image folder {imgs} not found (images listed in {ann})")
+            raise QuadformerError(f"COCO image folder {imgs} not found (images listed in {ann})")
         return ann, imgs
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise QuadformerError(
             f"COCO root {root} does not exist (expected {root}/annotations/instances_{split}{year}.json and "
             f"{root}/{split}{year}/, or pass the annotation JSON itself)"
         )
     ann = root / "annotations" / f"instances_{split}{year}.json"
     if not ann.is_file():
-        raise FileNotFoundError(
+        raise QuadformerError(
             f"COCO annotation file {ann} not found (expected {root}/annotations/instances_{split}{year}.json)"
         )
     imgs = Path(image_dir) if image_dir is not None else root / f"{split}{year}"
     if not imgs.is_dir():
-        raise FileNotFoundError(f"COCO image folder {imgs} not found (expected {root}/{split}{year}/<file_name>)")
+        raise QuadformerError(f"COCO image folder {imgs} not found (expected {root}/{split}{year}/<file_name>)")
     return ann, imgs
 
 
@@ -314,7 +315,7 @@ class COCOMultiLabel(MultiLabelFiles):
         if split == "test":
             split = "val"
         if split not in ("train", "val"):
-            raise ValueError(f"COCO split must be train or val (test = val), got {split!r}")
+            raise QuadformerError(f"COCO split must be train or val (test = val), got {split!r}")
         ann_file, img_dir = _coco_paths(Path(root), split, str(year), image_dir)
         self.root, self.annotation_file, self.image_dir, self.split = img_dir, ann_file, img_dir, split
         try:
@@ -324,9 +325,9 @@ class COCOMultiLabel(MultiLabelFiles):
             images = sorted(data["images"], key=lambda im: int(im["id"]))
             anns = data.get("annotations", [])
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{ann_file} is not valid JSON ({e})") from e
+            raise QuadformerError(f"{ann_file} is not valid JSON ({e})") from e
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{ann_file} is not a COCO instances file (needs 'images' and 'categories'; {e})") from e
+            raise QuadformerError(f"{ann_file} is not a COCO instances file (needs 'images' and 'categories'; {e})") from e
         self.category_ids = [int(c["id"]) for c in cats]
         self.classes = [str(c.get("name", c["id"])) for c in cats]
         cat_index = {cid: i for i, cid in enumerate(self.category_ids)}
@@ -334,7 +335,7 @@ class COCOMultiLabel(MultiLabelFiles):
         paths = []
         for i, im in enumerate(images):
             if "file_name" not in im:
-                raise ValueError(f"{ann_file}: image {im.get('id')} has no file_name")
+                raise QuadformerError(f"{ann_file}: image {im.get('id')} has no file_name")
             row[int(im["id"])] = i
             paths.append(str(img_dir / im["file_name"]))
         targets = np.zeros((len(images), len(cats)), np.float32)
@@ -344,11 +345,11 @@ class COCOMultiLabel(MultiLabelFiles):
             try:
                 r = row[int(a["image_id"])]
             except KeyError:
-                raise ValueError(f"{ann_file}: annotation {a.get('id')} refers to unknown image {a.get('image_id')}") from None
+                raise QuadformerError(f"{ann_file}: annotation {a.get('id')} refers to unknown image {a.get('image_id')}") from None
             try:
                 targets[r, cat_index[int(a["category_id"])]] = 1.0
             except KeyError:
-                raise ValueError(
+                raise QuadformerError(
                     f"{ann_file}: annotation {a.get('id')} has unknown category_id {a.get('category_id')}"
                 ) from None
         self.image_ids = np.array([int(im["id"]) for im in images], np.int64)
@@ -373,7 +374,7 @@ def _read_classes(classes: Sequence[str] | str | os.PathLike) -> list[str]:
     if isinstance(classes, (str, os.PathLike)):
         p = Path(classes)
         if not p.is_file():
-            raise FileNotFoundError(f"class list {p} not found (expected one class name per line)")
+            raise QuadformerError(f"class list {p} not found (expected one class name per line)")
         return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
     return [str(c) for c in classes]
 
@@ -386,7 +387,7 @@ class CSVMultiLabel(MultiLabelFiles):
     * ``path,labels`` -- a path column and a ``labels`` column of class names joined by ``;``
       (``separator``); an empty cell means no positive label. The classes are ``classes`` (a
       list or a text file with one name per line) or else the sorted union of the names seen;
-      with a given list, an unknown name raises ``ValueError`` naming the line and the value.
+      with a given list, an unknown name raises ``QuadformerError`` naming the line and the value.
     * ``path,<class 1>,<class 2>,...`` -- one-hot columns (``0``/``1``, also ``true``/``false``,
       empty = 0); the header gives the classes (``classes`` may select / reorder them).
 
@@ -418,34 +419,34 @@ class CSVMultiLabel(MultiLabelFiles):
     ) -> None:
         csv_path = Path(csv_file)
         if not csv_path.is_file():
-            raise FileNotFoundError(
+            raise QuadformerError(
                 f"CSV file {csv_path} not found (expected a header row with a path column and either a "
                 f"'{labels_column}' column of '{separator}'-joined class names or 0/1 columns per class)"
             )
         self.csv_file = csv_path
         self.root = Path(image_root) if image_root is not None else csv_path.parent
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image root {self.root} for {csv_path} does not exist")
+            raise QuadformerError(f"image root {self.root} for {csv_path} does not exist")
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             try:
                 header = [h.strip() for h in next(reader)]
             except StopIteration:
-                raise ValueError(f"{csv_path} is empty (expected a header row)") from None
+                raise QuadformerError(f"{csv_path} is empty (expected a header row)") from None
             rows = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
         if len(set(header)) != len(header):
-            raise ValueError(f"{csv_path}: duplicate column names in the header {header}")
+            raise QuadformerError(f"{csv_path}: duplicate column names in the header {header}")
         lower = [h.lower() for h in header]
         if path_column is not None:
             if path_column not in header:
-                raise ValueError(f"{csv_path}: no column {path_column!r} (header: {header})")
+                raise QuadformerError(f"{csv_path}: no column {path_column!r} (header: {header})")
             pcol = header.index(path_column)
         else:
             pcol = next((lower.index(c) for c in _PATH_COLUMNS if c in lower), 0)
         scol = lower.index("split") if "split" in lower else None
         for ln, r in rows:
             if len(r) != len(header):
-                raise ValueError(f"{csv_path} line {ln}: {len(r)} fields, the header has {len(header)}")
+                raise QuadformerError(f"{csv_path} line {ln}: {len(r)} fields, the header has {len(header)}")
         self.split = split
 
         given = _read_classes(classes) if classes is not None else None
@@ -465,7 +466,7 @@ class CSVMultiLabel(MultiLabelFiles):
             for i, ((ln, _), names) in enumerate(zip(rows, names_per_row)):
                 for n in names:
                     if n not in index:
-                        raise ValueError(
+                        raise QuadformerError(
                             f"{csv_path} line {ln}: unknown class {n!r} in column '{labels_column}' "
                             f"(known classes: {', '.join(self.classes)})"
                         )
@@ -474,14 +475,14 @@ class CSVMultiLabel(MultiLabelFiles):
             self.format = "onehot"
             cols = [j for j in range(len(header)) if j != pcol and j != scol]
             if not cols:
-                raise ValueError(
+                raise QuadformerError(
                     f"{csv_path}: no label columns (header {header}); expected a '{labels_column}' column or "
                     f"one 0/1 column per class"
                 )
             if given is not None:
                 missing = [c for c in given if c not in header]
                 if missing:
-                    raise ValueError(f"{csv_path}: classes {missing} have no column (header: {header})")
+                    raise QuadformerError(f"{csv_path}: classes {missing} have no column (header: {header})")
                 cols = [header.index(c) for c in given]
             self.classes = [header[j] for j in cols]
             if split is not None and scol is not None:
@@ -493,16 +494,16 @@ class CSVMultiLabel(MultiLabelFiles):
                     if v in _TRUE:
                         targets[i, k] = 1.0
                     elif v not in _FALSE:
-                        raise ValueError(
+                        raise QuadformerError(
                             f"{csv_path} line {ln}: column {header[j]!r} has value {r[j]!r}; expected 0 or 1"
                         )
         if not self.classes:
-            raise ValueError(f"{csv_path}: no classes found")
+            raise QuadformerError(f"{csv_path}: no classes found")
         self.paths = []
         for ln, r in rows:
             p = r[pcol].strip()
             if not p:
-                raise ValueError(f"{csv_path} line {ln}: empty path in column {header[pcol]!r}")
+                raise QuadformerError(f"{csv_path} line {ln}: empty path in column {header[pcol]!r}")
             self.paths.append(str(Path(p) if os.path.isabs(p) else self.root / p))
         self._targets = targets
         if is_training is None:

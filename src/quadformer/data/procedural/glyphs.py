@@ -1,4 +1,4 @@
-"""Built-in procedural data sets: a family of small-object recognition tasks.
+"""The glyph family: small detail-carrying plates on low-frequency procedural scenes.
 
 Each picture is a low-frequency cluttered scene with a few small (10-20 px) plates on it; the
 label is decided by the *fine detail* on the plates (micro-texture orientation at a 2.4-3.2 px
@@ -6,9 +6,6 @@ period, 1-px strokes, 1-px pips), which largely disappears when the image is dow
 The plates are also where the image's high-frequency energy is, so detail-seeking saliency
 (e.g. "pixel-blur") finds them. Blank plates (same envelope and mean colour, no detail) act as
 distractors that are indistinguishable from real objects at half resolution.
-
-Image ``i`` of ``(task, split, seed)`` is a pure function of those four values (numpy PCG64
-streams seeded by a ``SeedSequence``); train / val / test use disjoint seed streams.
 
 Tasks (see :func:`list_tasks`)::
 
@@ -26,42 +23,33 @@ micro-textures.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..utils.io import atomic_write
-from . import procedural as P
+from ...utils.errors import QuadformerError
+from . import plates as P
+from .base import RenderedDataset, Sample, parse_image_size, sample_labels, split_code, stream
+from .draw import to_uint8
 
 __all__ = [
     "TaskSpec",
     "register_task",
     "get_task",
     "list_tasks",
-    "Sample",
     "generate",
     "sample_objects",
     "BuiltinDataset",
     "GENERATOR_VERSION",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "DEFAULT_SIZES",
 ]
 
-log = logging.getLogger(__name__)
-
 #: bump when the pictures change, so on-disk caches of older versions are not reused
 GENERATOR_VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZES = {"train": 10000, "val": 2000, "test": 2000}
-_SPLITS = {"train": 0, "val": 1, "test": 2}
 _MAGIC = 0x51AD  # quadformer built-in stream tag
 
 
@@ -138,7 +126,7 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
     try:
         return _TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown built-in task {name!r}; available: {', '.join(list_tasks())}") from None
+        raise QuadformerError(f"unknown built-in task {name!r}; available: {', '.join(list_tasks())}") from None
 
 
 def list_tasks() -> list[str]:
@@ -164,53 +152,17 @@ for _spec in (
     register_task(_spec)
 
 
-# --------------------------------------------------------------------------- generation
-
-
-def _split_code(split: str) -> int:
-    try:
-        return _SPLITS[split]
-    except KeyError:
-        raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}") from None
 
 
 def _hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    if isinstance(image_size, (tuple, list)):
-        h, w = int(image_size[0]), int(image_size[1])
-    else:
-        h = w = int(image_size)
-    if h < 32 or w < 32:
-        raise ValueError(f"built-in images must be at least 32x32, got {h}x{w}")
-    return h, w
-
-
-def _rng(spec: TaskSpec, split: str, seed: int, *tail: int) -> np.random.Generator:
-    return np.random.default_rng([_MAGIC, spec.seed_offset, _split_code(split), int(seed), *tail])
-
-
-def _label_of(spec: TaskSpec, split: str, seed: int, index: int) -> int:
-    """Balanced labels: each block of ``num_classes`` consecutive indices is a permutation."""
-    c = spec.num_classes
-    perm = _rng(spec, split, seed, index // c, 1).permutation(c)
-    return int(perm[index % c])
+    return parse_image_size(image_size, 32, False, "built-in")
 
 
 def _sample_objects(spec: TaskSpec, index: int, split: str, seed: int) -> tuple[list[int], Any, np.random.Generator]:
-    if index < 0:
-        raise IndexError(f"index must be >= 0, got {index}")
-    rng = _rng(spec, split, seed, index, 2)
-    if spec.label_mode == "single":
-        y = _label_of(spec, split, seed, index)
-        n = int(rng.integers(spec.instances[0], spec.instances[1] + 1))
-        return [y] * n, y, rng
-    if spec.label_mode == "count":
-        y = _label_of(spec, split, seed, index)
-        return [0] * (spec.counts[0] + y), y, rng
-    k = int(rng.integers(spec.instances[0], min(spec.instances[1], spec.num_classes) + 1))
-    classes = sorted(int(c) for c in rng.choice(spec.num_classes, size=k, replace=False))
-    target = np.zeros(spec.num_classes, np.float32)
-    target[classes] = 1.0
-    return classes, target, rng
+    def rng_of(*tail: int) -> np.random.Generator:
+        return stream(_MAGIC, spec.seed_offset, split, seed, *tail)
+
+    return sample_labels(rng_of, index, spec.num_classes, spec.label_mode, spec.instances, spec.counts)
 
 
 def sample_objects(
@@ -222,13 +174,6 @@ def sample_objects(
     multi-hot ``numpy`` vector (multi)."""
     classes, target, _ = _sample_objects(get_task(task), index, split, seed)
     return classes, target
-
-
-class Sample(NamedTuple):
-    image: np.ndarray  # uint8 [H, W, 3]
-    target: Any  # int or float32 multi-hot [C]
-    mask: np.ndarray | None  # float32 [H, W] coverage of the class-carrying objects
-    distractor_mask: np.ndarray | None  # float32 [H, W] coverage of the blank plates
 
 
 def generate(
@@ -244,6 +189,7 @@ def generate(
     (plates are shrunk only when they would not fit)."""
     spec = get_task(task)
     h, w = _hw(image_size)
+    split_code(split)
     fam = spec.object_family
     classes, target, rng = _sample_objects(spec, index, split, seed)  # rendering continues this stream
 
@@ -264,43 +210,29 @@ def generate(
         s = drawn.alpha.shape[0]
         P.composite(img, drawn, int(round(cy)) - s // 2, int(round(cx)) - s // 2,
                     mask if cls is not None else dmask)
-    image = P.to_uint8(img, rng, P.SCENE_STYLES[spec.scene].pixel_noise)
+    image = to_uint8(img, rng, P.SCENE_STYLES[spec.scene].pixel_noise)
     return Sample(image, target, mask, dmask)
 
 
-# --------------------------------------------------------------------------- dataset
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, array))
-
-
-class BuiltinDataset(Dataset):
-    """A built-in procedural task as a map-style torch ``Dataset``.
+class BuiltinDataset(RenderedDataset):
+    """A glyph-family task (:func:`list_tasks`) as a map-style torch ``Dataset``.
 
     Args:
-        task: task name (see :func:`list_tasks`) or a :class:`TaskSpec`.
+        task: task name or a :class:`TaskSpec`.
         split: ``"train"``, ``"val"`` or ``"test"`` (disjoint seed streams).
         size: number of images (default :data:`DEFAULT_SIZES` per split).
         image_size: int or ``(H, W)``, each >= 32.
         seed: selects another, equally distributed draw of the same task.
-        transform: applied to the image after conversion to ``output``.
-        cache_dir: if set, all images of the split are rendered once and kept in
-            ``<cache_dir>/<task>-<split>-seed<seed>-n<size>-<H>x<W>-v<version>.npy`` (uint8
-            ``[N, H, W, 3]``, written atomically, memory-mapped on read).
-        output: ``"normalized"`` (float ``[3, H, W]`` with ``mean``/``std``, default),
-            ``"float"`` (``[3, H, W]`` in ``[0, 1]``), ``"uint8"`` (``[3, H, W]`` uint8 tensor),
-            ``"pil"`` (``PIL.Image``, for torchvision / timm transforms) or ``"numpy"``
-            (uint8 ``[H, W, 3]``).
-
-    Items are ``(image, target)``: ``target`` is an ``int`` for single-label / count tasks and
-    a float32 multi-hot tensor ``[num_classes]`` for multi-label tasks.
+        transform, output, mean, std: see :class:`~quadformer.data.procedural.base.ProceduralDataset`.
+        cache_dir: render the split once into a memory-mapped ``.npy`` there
+            (see :class:`~quadformer.data.procedural.base.RenderedDataset`).
 
     No augmentation is applied: flips would change the class of oriented textures (e.g.
     ``dstripes`` <-> ``astripes``), and fresh images are free anyway (grow ``size``).
     """
 
-    OUTPUTS = ("normalized", "float", "uint8", "pil", "numpy")
+    stream_tag = _MAGIC
+    version = GENERATOR_VERSION
 
     def __init__(
         self,
@@ -312,135 +244,33 @@ class BuiltinDataset(Dataset):
         transform=None,
         cache_dir: str | os.PathLike | None = None,
         output: str = "normalized",
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
+        std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
     ) -> None:
         self.spec = get_task(task)
-        _split_code(split)
-        if output not in self.OUTPUTS:
-            raise ValueError(f"output must be one of {self.OUTPUTS}, got {output!r}")
-        self.split = split
-        self.size = int(DEFAULT_SIZES[split] if size is None else size)
-        if self.size < 0:
-            raise ValueError(f"size must be >= 0, got {size}")
-        self.height, self.width = _hw(image_size)
-        self.seed = int(seed)
-        self.transform = transform
-        self.output = output
-        # normalised = uint8 * scale + shift, per channel
-        self._scale = (1.0 / (255.0 * np.asarray(std, np.float32))).reshape(3, 1, 1).astype(np.float32)
-        self._shift = (-np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(3, 1, 1).astype(np.float32)
-        self._targets: list | None = None
-        self._images: np.ndarray | None = None
-        self.cache_path: Path | None = None
-        if cache_dir is not None:
-            self.cache_path = Path(cache_dir) / (
-                f"{self.spec.name}-{split}-seed{self.seed}-n{self.size}-{self.height}x{self.width}"
-                f"-v{GENERATOR_VERSION}.npy"
-            )
-            self._images = self._load_or_build_cache(self.cache_path)
+        self.seed_offset = self.spec.seed_offset
+        split_code(split)
+        super().__init__(split, size, image_size, seed, transform, output, mean, std, cache_dir,
+                         DEFAULT_SIZES.get(split, 0))
 
-    # -- metadata
     @property
-    def task(self) -> str:
+    def task(self) -> str:  # type: ignore[override]
         return self.spec.name
+
+    @property
+    def upstream(self) -> bool:  # type: ignore[override]
+        return self.spec.upstream
 
     @property
     def class_names(self) -> list[str]:
         return list(self.spec.class_names)
 
     @property
-    def num_classes(self) -> int:
-        return self.spec.num_classes
-
-    @property
-    def multilabel(self) -> bool:
+    def multilabel(self) -> bool:  # type: ignore[override]
         return self.spec.multilabel
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.height, self.width
-
-    @property
-    def targets(self) -> list:
-        """All targets (ints, or float32 multi-hot numpy vectors), computed without rendering."""
-        if self._targets is None:
-            self._targets = [self._target(i) for i in range(self.size)]
-        return self._targets
-
-    def _target(self, index: int):
+    def target_of(self, index: int):
         return sample_objects(self.spec, index, self.split, self.seed)[1]
 
-    def __len__(self) -> int:
-        return self.size
-
-    # -- cache
-    def _load_or_build_cache(self, path: Path) -> np.ndarray:
-        expected = (self.size, self.height, self.width, 3)
-        if path.exists():
-            try:
-                arr = np.load(path, mmap_mode="r")
-                if arr.shape == expected and arr.dtype == np.uint8:
-                    return arr
-                log.warning("cache %s has shape %s/%s, expected %s uint8; rebuilding",
-                            path, arr.shape, arr.dtype, expected)
-            except (OSError, ValueError) as e:
-                log.warning("cache %s is unreadable (%s); rebuilding", path, e)
-        arr = np.empty(expected, np.uint8)
-        for i in range(self.size):
-            arr[i] = self.render(i).image
-        _atomic_save(path, arr)
-        log.info("wrote %s (%d images)", path, self.size)
-        return np.load(path, mmap_mode="r")
-
-    # -- access
     def render(self, index: int, return_mask: bool = False) -> Sample:
-        """The raw :class:`Sample` (uint8 HWC image, target, optional object masks)."""
         return generate(self.spec, index, self.split, self.seed, (self.height, self.width), return_mask)
-
-    def raw_image(self, index: int) -> np.ndarray:
-        if self._images is not None:
-            return np.asarray(self._images[index])
-        return self.render(index).image
-
-    def _convert(self, img: np.ndarray):
-        if self.output == "numpy":
-            return img
-        if self.output == "pil":
-            from PIL import Image
-
-            return Image.fromarray(img)
-        # numpy for the layout/dtype work: small torch ops can wake intra-op thread pools, which
-        # costs milliseconds per image on a busy machine
-        chw = np.ascontiguousarray(img.transpose(2, 0, 1))
-        if self.output == "uint8":
-            return torch.from_numpy(chw)
-        x = chw.astype(np.float32)
-        if self.output == "float":
-            x *= np.float32(1 / 255)
-        else:
-            x *= self._scale
-            x += self._shift
-        return torch.from_numpy(x)
-
-    def __getitem__(self, index: int):
-        if index < 0:
-            index += self.size
-        if not 0 <= index < self.size:
-            raise IndexError(f"index {index} out of range for {self.size} images")
-        if self._images is not None:
-            img = np.asarray(self._images[index])
-            target = self._target(index)
-        else:
-            s = self.render(index)
-            img, target = s.image, s.target
-        x = self._convert(img)
-        if self.transform is not None:
-            x = self.transform(x)
-        if self.multilabel:
-            target = torch.from_numpy(np.asarray(target, np.float32))
-        return x, target
-
-    def __repr__(self) -> str:
-        return (f"BuiltinDataset(task={self.task!r}, split={self.split!r}, size={self.size}, "
-                f"image_size=({self.height}, {self.width}), seed={self.seed}, output={self.output!r})")

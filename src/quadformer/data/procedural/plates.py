@@ -1,4 +1,4 @@
-"""Vectorised numpy drawing primitives for the built-in procedural data sets.
+"""Scenes and small object plates of the glyph task family (:mod:`.glyphs`).
 
 Everything here works on float32 ``[H, W, 3]`` images in ``[0, 1]`` and takes an explicit
 ``numpy.random.Generator``, so a picture is a pure function of its generator state.
@@ -23,7 +23,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from .draw import F32
+
 __all__ = [
+    "Drawn",
     "SceneStyle",
     "SCENE_STYLES",
     "render_scene",
@@ -33,11 +36,9 @@ __all__ = [
     "get_family",
     "place_objects",
     "composite",
-    "add_pixel_noise",
-    "to_uint8",
 ]
 
-_F = np.float32
+_F = F32
 
 
 # --------------------------------------------------------------------------- scenes
@@ -532,40 +533,3 @@ def composite(img: np.ndarray, drawn: Drawn, y0: int, x0: int, mask: np.ndarray 
     region += a[..., None] * (rgb - region)
     if mask is not None:
         np.maximum(mask[ya:yb, xa:xb], a, out=mask[ya:yb, xa:xb])
-
-
-_NOISE_BANK: np.ndarray | None = None
-
-
-def _noise_bank() -> np.ndarray:
-    global _NOISE_BANK
-    if _NOISE_BANK is None:
-        _NOISE_BANK = np.random.default_rng(1234).standard_normal((384, 384, 3), dtype=_F)
-    return _NOISE_BANK
-
-
-def add_pixel_noise(img: np.ndarray, rng: np.random.Generator, std: float) -> None:
-    """Add white noise in place. Images up to 256 px take a random window of a fixed noise
-    bank (fast and deterministic); larger ones draw fresh noise."""
-    if std > 0:
-        img += _noise_window(rng, img.shape, std)
-
-
-def _noise_window(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
-    h, w = shape[:2]
-    if h <= 256 and w <= 256:
-        oy, ox = int(rng.integers(0, 385 - h)), int(rng.integers(0, 385 - w))
-        win = _noise_bank()[oy:oy + h, ox:ox + w]
-        return win * _F(std)
-    return rng.standard_normal(shape, dtype=_F) * _F(std)
-
-
-def to_uint8(img: np.ndarray, rng: np.random.Generator | None = None, noise_std: float = 0.0) -> np.ndarray:
-    """Quantise a ``[0, 1]`` float image to uint8 (round to nearest), optionally adding white
-    noise of ``noise_std`` (in ``[0, 1]`` units) first, in one pass."""
-    x = img * _F(255.0)
-    if noise_std > 0 and rng is not None:
-        x += _noise_window(rng, img.shape, 255.0 * noise_std)
-    x += _F(0.5)
-    np.clip(x, 0.0, 255.0, out=x)
-    return x.astype(np.uint8)
