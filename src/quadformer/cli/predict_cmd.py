@@ -109,11 +109,11 @@ def run(args: argparse.Namespace) -> int:
                     _mosaics(model, x, [p for p, _ in ok], args.mosaics, lm)
             bar.update(len(ok) + len(bad))
     bar.close()
+    if not records:
+        raise QuadformerError(f"none of the {len(files)} images could be read ({'; '.join(w for _, w in skipped[:3])}"
+                              f"{'; ...' if len(skipped) > 3 else ''}); pass readable images")
     for p, why in skipped:
         print(f"skipped {p}: {why}", file=sys.stderr)
-    if not records:
-        raise QuadformerError(f"none of the {len(files)} images could be read (first: {skipped[0][1]}); "
-                              f"pass readable images")
     if args.csv:
         _write_csv(args.csv, records, k)
     if args.json:

@@ -22,6 +22,7 @@ from ..tokenize import QuadGeometry, mosaic
 from ..tokenize.tokenizer import build_scorer
 from ..utils.errors import QuadformerError
 from ..utils.images import eval_transform, load_rgb
+from .common import add_common, check_output_file
 
 SCORERS = ("pixel-blur", "feature", "random", "precomputed")
 
@@ -45,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None,
                    help="write a list with one {image, size, budget, boxes} record per image; boxes are "
                         "pixel [x0, y0, x1, y1] (half-open) in canonical order")
+    add_common(p, device=False, progress=False)
 
 
 def _load_map(path: Path, stem: str | None = None) -> np.ndarray:
@@ -86,6 +88,8 @@ def _saliency(paths: list[str], images: list[str]) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.json, "--json")
+    check_output_file(args.png, "--png")
     geometry = QuadGeometry(args.size, args.size, args.min_patch, args.max_patch, args.budget)
     transform = eval_transform(args.size)
     batch = torch.stack([transform(load_rgb(p)) for p in args.images])
@@ -135,7 +139,6 @@ def _dump_records(records: list[dict]) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from ..utils.io import atomic_write
+
+    atomic_write(path, lambda f: f.write(text.encode()))
