@@ -28,11 +28,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
-from quadformer.data.builtin import BuiltinDataset  # noqa: E402
+from quadformer.data import build_dataset  # noqa: E402
 from quadformer.tokenize import QuadGeometry  # noqa: E402
 from quadformer.tokenize.quadtree import select_tokens  # noqa: E402
 from quadformer.tokenize.scorers import PrecomputedScorer, RandomScorer, create_scorer  # noqa: E402
-from quadformer.tokenize.scorers.quality import add, mask_coverage, summarise  # noqa: E402
+from quadformer.tokenize.scorers.quality import mask_coverage, summarise  # noqa: E402
 from quadformer.utils.errors import QuadformerError  # noqa: E402
 from quadformer.utils.io import atomic_write  # noqa: E402
 
@@ -41,7 +41,13 @@ DEFAULT_SCORERS = ["pixel-blur", "entropy", "laplacian"]
 
 def load_task(task: str, n: int, size: int, split: str = "test", seed: int = 0):
     """Normalised images ``[n, 3, size, size]``, object and distractor masks ``[n, size, size]``."""
-    ds = BuiltinDataset(task, split, n, image_size=size, seed=seed)
+    from quadformer.data import builtin_task_names
+
+    if task not in builtin_task_names():
+        raise QuadformerError(f"unknown built-in task {task!r}; tasks with object masks: glyphs, natural, ...")
+    ds = build_dataset(f"builtin:{task}", split, size, size=n, seed=seed)
+    if not hasattr(ds, "render"):
+        raise QuadformerError(f"task {task!r} cannot render object masks; use a built-in task such as glyphs")
     imgs, masks, dmasks = [], [], []
     for i in range(n):
         s = ds.render(i, return_mask=True)

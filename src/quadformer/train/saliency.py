@@ -178,3 +178,16 @@ def distill(data: str, out: str | Path, *, teacher: str | None = None, teacher_m
     save_saliency_net(net, path, extra=summary)
     summary["weights"] = str(path)
     return summary
+
+
+def export_learned(run: str | Path, path: str | Path) -> Path:
+    """Write the end-to-end scorer of a trained Quadformer (``scorer=learned``) as a
+    saliency-net file, loadable as ``scorer="distilled"`` (frozen) or as the start of
+    another end-to-end run."""
+    from ..tokenize.scorers import LearnedScorer
+
+    loaded = load_model(run)
+    scorer = getattr(loaded.model, "scorer", None)
+    if not isinstance(scorer, LearnedScorer):
+        raise QuadformerError(f"{run} is not a Quadformer with the end-to-end scorer (model.kwargs={{scorer: learned}})")
+    return save_saliency_net(scorer.net, path, extra={"source": str(run), "kind": "learned"})
