@@ -43,6 +43,7 @@ from .glyphs import (
     register_task,
     sample_objects,
 )
+from .natural import NATURAL_TASKS, NaturalDataset, is_natural_task, list_natural_tasks
 from .photos import PATCH_SOURCES, SkPatchesDataset, available_patch_sources
 from .scenes import ScenesDataset, ScenesHardDataset
 from .shapes_textures import SHAPES, TEXTURES, HueDataset, ShapesTexturesDataset
@@ -63,6 +64,10 @@ __all__ = [
     "list_tasks",
     "register_task",
     "sample_objects",
+    "NATURAL_TASKS",
+    "NaturalDataset",
+    "is_natural_task",
+    "list_natural_tasks",
     "PATCH_SOURCES",
     "available_patch_sources",
     "SHAPES",
@@ -119,13 +124,17 @@ def build_suite_dataset(task: str, split: str = "train", image_size: int | tuple
 
 def builtin_task_names() -> list[str]:
     """Every ``builtin:<task>`` name: the glyph family, the natural-photo tasks, the suite."""
-    return list_tasks() + list_suite_tasks()
+    return list_tasks() + list_natural_tasks() + list_suite_tasks()
 
 
 def build_builtin(task: str, split: str, image_size: int | tuple[int, int] = 128, *, size: int | None = None,
                   seed: int = 0, transform: Any = None, cache_dir: Any = None, **kwargs: Any) -> ProceduralDataset:
-    """The procedural task ``task``: glyph-family tasks take ``cache_dir``; the suite renders in
-    memory (``cache_dir`` ignored) and takes its own keywords (``output``, ``val_size``, ...)."""
+    """The procedural task ``task``: glyph-family and natural-photo tasks take ``cache_dir``; the
+    suite renders in memory (``cache_dir`` ignored) and takes its own keywords (``output``,
+    ``val_size``, ...)."""
+    if is_natural_task(task):
+        return NaturalDataset(task, split, size=size, image_size=image_size, seed=seed, transform=transform,
+                              cache_dir=cache_dir, **kwargs)
     if is_suite_task(task):
         return build_suite_dataset(task, split, image_size, size=size, seed=seed, transform=transform, **kwargs)
     if task not in list_tasks():

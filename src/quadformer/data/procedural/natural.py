@@ -1,0 +1,333 @@
+"""Natural-photo tasks: small detail-carrying plates on crops of real colour photos.
+
+The glyph tasks' smooth scenes make the cheapest scorer perfect; these tasks put the same kind of
+class-carrying object on real photos, whose own texture (fur, hair, foliage, metal) competes for
+the scorer's attention, as in a user's data.
+
+* **Backgrounds**: windows of scikit-image's bundled colour photos (:data:`NATURAL_PHOTOS`), at
+  a few scales, randomly flipped, with a small brightness / contrast jitter. ``train`` and
+  ``val`` windows lie inside the left :data:`SPLIT_X` of each photo, ``test`` windows inside the
+  rest, so no background pixel of a test image is seen in training.
+* **Class objects**: the glyph family's micro-texture plates (10 classes: stripe orientation,
+  checker, rings, ... at a 2.4-3.6 px period; see :mod:`.plates`), 12-18 px, random colours,
+  envelopes and small rotations, blended at 80-100 % opacity. The texture is below the Nyquist
+  limit of a 2x down-scale: a uniform grid of 64 tokens at 128 px (each 16-px patch seen at
+  8 px) loses the class, 8-px patches keep it.
+* **Distractors** (never the class): blank plates (same envelope and mean colour, no detail)
+  and characters of matplotlib's bundled DejaVu Sans Bold font (9-16 px, random colours:
+  fine detail that carries no class).
+
+Tasks (names for ``build_dataset("builtin:<name>", ...)``)::
+
+    natural            single label: 1-2 plates of one class, fresh images (any size)
+    natural-multi      1-3 distinct classes per image, multi-hot target
+    natural-3k         fixed-size: the first 3000 train images of ``natural`` (at most 3000),
+                       500 val / 1000 test images by default
+    natural-multi-3k   the same for ``natural-multi``
+
+``ds.render(i, return_mask=True)`` gives a :class:`~quadformer.data.procedural.base.Sample`
+with ``mask`` (coverage of the class objects) and ``distractor_mask`` (blank plates and
+characters), float32 ``[H, W]`` in ``[0, 1]``; :meth:`NaturalDataset.background_box` gives the
+source photo and box of an image's background.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from ...utils.errors import QuadformerError
+from . import plates as P
+from .base import RenderedDataset, Sample, sample_labels
+from .draw import to_uint8
+from .photos import PATCH_SOURCES, find_photo, read_photo
+
+__all__ = [
+    "NATURAL_PHOTOS",
+    "NATURAL_VERSION",
+    "SPLIT_X",
+    "NaturalTask",
+    "NATURAL_TASKS",
+    "list_natural_tasks",
+    "is_natural_task",
+    "NaturalDataset",
+    "glyph_bitmaps",
+]
+
+log = logging.getLogger(__name__)
+
+#: bump when the pictures change (part of the cache key)
+NATURAL_VERSION = 1
+#: scikit-image's colour photos used as backgrounds: name -> bundled file
+NATURAL_PHOTOS: dict[str, str] = {
+    "astronaut": PATCH_SOURCES["astronaut"],
+    "chelsea": PATCH_SOURCES["chelsea"],
+    "coffee": PATCH_SOURCES["coffee"],
+    "rocket": PATCH_SOURCES["rocket"],
+    "motorcycle": "motorcycle_left.png",
+    "immunohistochemistry": PATCH_SOURCES["immunohistochemistry"],
+}
+#: train / val backgrounds come from x < SPLIT_X * width of each photo, test from the rest
+SPLIT_X = 0.65
+_SCALES = (1.0, 0.75, 0.5)
+_CHARS = "ABDEFGHKMNPRSTUVWXYZabdeghkmnpqrstuwxyz23456789"
+_FONT_PX = tuple(range(9, 17))
+_MAGIC = 0x9A7E
+
+
+@dataclass(frozen=True)
+class NaturalTask:
+    """A natural-photo task: ``instances`` plates (single) or distinct classes (multi) per
+    image, ``blanks`` blank plates and ``chars`` font characters as distractors;
+    ``fixed_train`` caps the train split (the fixed-size mode)."""
+
+    name: str
+    multilabel: bool
+    seed_offset: int
+    instances: tuple[int, int]
+    blanks: tuple[int, int] = (0, 2)
+    chars: tuple[int, int] = (1, 3)
+    plate_size: tuple[float, float] = (12.0, 18.0)
+    fixed_train: int | None = None
+    default_sizes: tuple[int, int, int] = (10000, 2000, 2000)
+    description: str = ""
+
+
+NATURAL_TASKS: dict[str, NaturalTask] = {
+    t.name: t
+    for t in (
+        NaturalTask("natural", False, 8000, (1, 2), description="micro-texture plates on photos, 10 classes"),
+        NaturalTask("natural-multi", True, 9000, (1, 3), blanks=(0, 1),
+                    description="1-3 micro-texture classes per photo, multi-hot"),
+        NaturalTask("natural-3k", False, 8000, (1, 2), fixed_train=3000, default_sizes=(3000, 500, 1000),
+                    description="fixed 3000 training images of natural"),
+        NaturalTask("natural-multi-3k", True, 9000, (1, 3), blanks=(0, 1), fixed_train=3000,
+                    default_sizes=(3000, 500, 1000), description="fixed 3000 training images of natural-multi"),
+    )
+}
+
+
+def list_natural_tasks() -> list[str]:
+    return list(NATURAL_TASKS)
+
+
+def is_natural_task(name: str) -> bool:
+    return name in NATURAL_TASKS
+
+
+# --------------------------------------------------------------------------- precomputed material
+
+
+@lru_cache(maxsize=1)
+def _photos() -> tuple[tuple[str, np.ndarray], ...]:
+    found = []
+    for name, fn in NATURAL_PHOTOS.items():
+        path = find_photo(fn)
+        if path is None:
+            log.warning("natural: scikit-image photo %r (%s) is not bundled here; skipping it", name, fn)
+            continue
+        found.append((name, read_photo(path)))
+    if not found:
+        raise QuadformerError("natural: none of scikit-image's bundled colour photos is available; "
+                              "reinstall scikit-image")
+    return tuple(found)
+
+
+@lru_cache(maxsize=8)
+def _bank(test: bool, h: int, w: int) -> tuple[tuple[np.ndarray, ...], ...]:
+    """Per photo, its split region resized to each usable scale (float32 ``[rh, rw, 3]``): a
+    background is then a plain window of one of them. The region is cut before resizing, so
+    no pixel of the other region leaks in."""
+    from PIL import Image
+
+    out = []
+    for _, photo in _photos():
+        ph, pw = photo.shape[:2]
+        cut = int(round(pw * SPLIT_X))
+        region = photo[:, cut:] if test else photo[:, :cut]
+        rh, rw = region.shape[:2]
+        scales = [s for s in _SCALES if rh * s >= h and rw * s >= w] or [max(h / rh, w / rw)]
+        im = Image.fromarray(np.ascontiguousarray(region))
+        levels = []
+        for s in scales:
+            size = (max(w, int(round(rw * s))), max(h, int(round(rh * s))))
+            arr = np.asarray(im.resize(size, Image.LANCZOS), np.float32) * np.float32(1 / 255)
+            arr.setflags(write=False)
+            levels.append(arr)
+        out.append(tuple(levels))
+    return tuple(out)
+
+
+def _font_path() -> str:
+    import matplotlib
+
+    return os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans-Bold.ttf")
+
+
+@lru_cache(maxsize=1)
+def glyph_bitmaps() -> tuple[np.ndarray, ...]:
+    """Coverage bitmaps (float32, square, zero-padded) of every character of the distractor
+    set at every font size, rendered once from matplotlib's bundled DejaVu Sans Bold."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    out = []
+    for px in _FONT_PX:
+        font = ImageFont.truetype(_font_path(), px)
+        for ch in _CHARS:
+            canvas = Image.new("L", (3 * px, 3 * px), 0)
+            ImageDraw.Draw(canvas).text((px, px // 2), ch, fill=255, font=font)
+            a = np.asarray(canvas, np.float32) / 255
+            ys, xs = np.nonzero(a > 0)
+            a = a[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+            s = max(a.shape) + 2
+            sq = np.zeros((s, s), np.float32)
+            oy, ox = (s - a.shape[0]) // 2, (s - a.shape[1]) // 2
+            sq[oy:oy + a.shape[0], ox:ox + a.shape[1]] = a
+            sq.setflags(write=False)
+            out.append(sq)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- data set
+
+
+class NaturalDataset(RenderedDataset):
+    """A natural-photo task (:data:`NATURAL_TASKS`) as a map-style torch ``Dataset``.
+
+    Args:
+        task: ``"natural"``, ``"natural-multi"``, ``"natural-3k"`` or ``"natural-multi-3k"``.
+        split: ``"train"``, ``"val"`` or ``"test"`` (disjoint seed streams; test backgrounds
+            from a disjoint region of each photo).
+        size: number of images (default per task and split; at most 3000 for the train split
+            of the fixed-size tasks).
+        image_size: int or ``(H, W)``, each >= 32 (default 128); object sizes are in pixels.
+        seed, transform, cache_dir, output, mean, std: as in
+            :class:`~quadformer.data.procedural.glyphs.BuiltinDataset`.
+    """
+
+    stream_tag = _MAGIC
+    version = NATURAL_VERSION
+    family = P.get_family("microtex")
+
+    def __init__(
+        self,
+        task: str = "natural",
+        split: str = "train",
+        size: int | None = None,
+        image_size: int | tuple[int, int] = 128,
+        seed: int = 0,
+        transform=None,
+        cache_dir: str | os.PathLike | None = None,
+        output: str = "normalized",
+        mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
+        std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
+    ) -> None:
+        if task not in NATURAL_TASKS:
+            raise QuadformerError(f"unknown natural-photo task {task!r}; available: {', '.join(NATURAL_TASKS)}")
+        self.spec = NATURAL_TASKS[task]
+        self.seed_offset = self.spec.seed_offset
+        default = dict(zip(("train", "val", "test"), self.spec.default_sizes)).get(split, 0)
+        cap = self.spec.fixed_train
+        if split == "train" and cap is not None and size is not None and int(size) > cap:
+            base = task.replace("-3k", "")
+            raise QuadformerError(f"builtin:{task} has {cap} training images, asked for {size}; "
+                                  f"use builtin:{base} for more")
+        super().__init__(split, size, image_size, seed, transform, output, mean, std, cache_dir, default)
+
+    @property
+    def task(self) -> str:  # type: ignore[override]
+        return self.spec.name
+
+    @property
+    def multilabel(self) -> bool:  # type: ignore[override]
+        return self.spec.multilabel
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.family.class_names)
+
+    def _labels(self, index: int):
+        mode = "multi" if self.spec.multilabel else "single"
+        return sample_labels(self.stream, index, self.family.num_classes, mode, self.spec.instances)
+
+    def target_of(self, index: int):
+        return self._labels(index)[1]
+
+    def _background_params(self, rng: np.random.Generator) -> tuple[int, int, int, int, bool, float, float]:
+        bank = _bank(self.split == "test", self.height, self.width)
+        p = int(rng.integers(len(bank)))
+        k = int(rng.integers(len(bank[p])))
+        lh, lw = bank[p][k].shape[:2]
+        y0 = int(rng.integers(0, lh - self.height + 1))
+        x0 = int(rng.integers(0, lw - self.width + 1))
+        flip = bool(rng.random() < 0.5)
+        gain, bias = float(rng.uniform(0.8, 1.15)), float(rng.uniform(-0.06, 0.06))
+        return p, k, y0, x0, flip, gain, bias
+
+    def background_box(self, index: int) -> tuple[str, tuple[float, float, float, float]]:
+        """Source photo name and ``(x0, y0, x1, y1)`` box, in that photo's pixels, of the
+        background of image ``index``."""
+        _, _, rng = self._labels(index)
+        p, k, y0, x0, _, _, _ = self._background_params(rng)
+        photos = _photos()
+        ph, pw = photos[p][1].shape[:2]
+        cut = int(round(pw * SPLIT_X))
+        off, rw = (cut, pw - cut) if self.split == "test" else (0, cut)
+        lh, lw = _bank(self.split == "test", self.height, self.width)[p][k].shape[:2]
+        sy, sx = ph / lh, rw / lw
+        return photos[p][0], (off + x0 * sx, y0 * sy, off + (x0 + self.width) * sx, (y0 + self.height) * sy)
+
+    def render(self, index: int, return_mask: bool = False, objects: bool = True) -> Sample:
+        """The :class:`~quadformer.data.procedural.base.Sample` of image ``index``; with
+        ``objects=False`` only its background (no objects drawn, empty masks)."""
+        h, w = self.height, self.width
+        classes, target, rng = self._labels(index)  # rendering continues this stream
+        p, k, y0, x0, flip, gain, bias = self._background_params(rng)
+        img = _bank(self.split == "test", h, w)[p][k][y0:y0 + h, x0:x0 + w]
+        if flip:
+            img = img[:, ::-1]
+        img = img * np.float32(gain) + np.float32(bias)
+        if not objects:
+            empty = np.zeros((h, w), np.float32) if return_mask else None
+            return Sample(to_uint8(img), target, empty, empty)
+
+        spec = self.spec
+        n_blank = int(rng.integers(spec.blanks[0], spec.blanks[1] + 1))
+        n_char = int(rng.integers(spec.chars[0], spec.chars[1] + 1))
+        items: list[int | None | str] = list(classes) + [None] * n_blank + ["char"] * n_char
+        items = [items[i] for i in rng.permutation(len(items))]
+        glyphs = glyph_bitmaps()
+        cap = max(8.0, min(h, w) / 2 - 2)
+        drawn: list[P.Drawn] = []
+        radii: list[float] = []
+        for it in items:
+            if it == "char":
+                a = glyphs[int(rng.integers(len(glyphs)))]
+                colour = rng.uniform(0.0, 1.0, 3).astype(np.float32)
+                drawn.append(P.Drawn(np.broadcast_to(colour, a.shape + (3,)), a))
+                radii.append(0.5 * (a.shape[0] - 2))
+            else:
+                d = min(float(rng.uniform(*spec.plate_size)), cap)
+                obj = self.family.draw(it, rng, d)
+                obj.alpha *= np.float32(rng.uniform(0.8, 1.0))
+                drawn.append(obj)
+                radii.append(d / 2)
+        centres = P.place_objects(rng, h, w, radii)
+
+        mask = np.zeros((h, w), np.float32) if return_mask else None
+        dmask = np.zeros((h, w), np.float32) if return_mask else None
+        for it, obj, (cy, cx) in zip(items, drawn, centres):
+            s = obj.alpha.shape[0]
+            if it == "char":  # a colour that stands out from the local background
+                yy, xx = int(round(cy)), int(round(cx))
+                local = img[max(0, yy - s // 2):yy + s // 2 + 1, max(0, xx - s // 2):xx + s // 2 + 1].mean((0, 1))
+                col = np.where(local > 0.5, obj.rgb[0, 0] * 0.45, 0.55 + 0.45 * obj.rgb[0, 0]).astype(np.float32)
+                obj = P.Drawn(np.broadcast_to(col, obj.rgb.shape), obj.alpha)
+            P.composite(img, obj, int(round(cy)) - s // 2, int(round(cx)) - s // 2,
+                        mask if isinstance(it, int) else dmask)
+        return Sample(to_uint8(img), target, mask, dmask)
