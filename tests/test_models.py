@@ -1,4 +1,5 @@
-"""Quadformer / UniformViT: timm conventions, vanilla checkpoint loading, equivalences (spec §9, §10)."""
+"""Quadformer / UniformViT: timm conventions, vanilla checkpoint loading, equivalences, the one model
+spec of :func:`quadformer.models.loading.load_model` (``docs/design/mixed_resolution.md`` §9, §10)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-import quadformer.models  # noqa: F401  (registers the models)
-from quadformer.models import Quadformer, UniformViT, load_vanilla_checkpoint, vit_gmacs
+import quadformer  # noqa: F401  (registers the models)
+from quadformer.models import Quadformer, UniformViT, convert_vanilla_state_dict, load_vanilla_checkpoint, vit_gmacs
+from quadformer.models.loading import load_model
+from quadformer.tokenize import QuadGeometry, Tokenizer, mosaic, patchify
+from quadformer.utils.errors import QuadformerError
+
+from .reference_tokens import mosaic_tokens, uniform_patches
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, num_classes=5)
 
@@ -89,7 +95,7 @@ def test_timm_create_model_and_budget_change():
         m.set_num_patches(63)
     u = timm.create_model("uniform_vit_micro_patch8_128", num_patches=64, num_classes=7)
     assert isinstance(u, UniformViT) and u.grid == (8, 8) and u(x).shape == (2, 7)
-    with pytest.raises(ValueError, match="hub_name"):
+    with pytest.raises(QuadformerError, match="no pretrained weights.*pretrained_cfg_overlay=dict.file="):
         timm.create_model("quadformer_micro_patch8_128", pretrained=True)
 
 
@@ -109,25 +115,169 @@ def test_forward_head_and_intermediates():
 def test_gmacs_match_spec_table():
     s = dict(embed_dim=384, depth=12, num_heads=6)
     for n, plain, attn in ((64, 1.40, 1.44), (100, 2.17, 2.27), (196, 4.24, 4.60), (576, 12.42, 15.49)):
-        m = UniformViT(384, 16, num_patches=n, **s)
+        with torch.device("meta"):  # shapes only
+            m = UniformViT(384, 16, num_patches=n, **s)
         assert round(vit_gmacs(m, n, attention=False), 2) == plain
         assert round(vit_gmacs(m, n, attention=True), 2) == attn
 
 
-def test_hub_cached_weights_load_from_the_local_cache_only(tmp_path):
-    """A vanilla timm ViT in a Hugging Face cache folder loads; a missing one is an error, not a download."""
-    from safetensors.torch import save_file
-
-    from quadformer.models import load_hub_cached
-
-    vanilla = timm.create_model("vit_tiny_patch16_224", pretrained=False)
-    snap = tmp_path / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k" / "snapshots" / "abc123"
+def _fake_hub_cache(root, repo: str, files: dict) -> None:
+    """A Hugging Face cache folder holding ``files`` (name -> writer) for ``repo``."""
+    top = root / f"models--{repo.replace('/', '--')}"
+    snap = top / "snapshots" / "abc123"
     snap.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in vanilla.state_dict().items()}, snap / "model.safetensors")
-    (snap.parent.parent / "refs").mkdir()
-    (snap.parent.parent / "refs" / "main").write_text("abc123")
-    q = timm.create_model("quadformer_tiny_patch16_224", num_patches=100)
-    load_hub_cached(q, "vit_tiny_patch16_224", cache_dir=tmp_path)
-    torch.testing.assert_close(q.blocks[3].mlp.fc1.weight, vanilla.blocks[3].mlp.fc1.weight)
-    with pytest.raises(ValueError, match="not in the local hub cache"):
-        load_hub_cached(q, "vit_small_patch16_224", cache_dir=tmp_path)
+    for name, write in files.items():
+        write(snap / name)
+    (top / "refs").mkdir()
+    (top / "refs" / "main").write_text("abc123")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """huggingface_hub in offline mode: the cache is read, nothing is downloaded."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_pretrained_reads_the_vanilla_vit_from_the_hub_cache(tmp_path, offline):
+    """pretrained=True goes through timm: the matching vanilla ViT's cached weights load (no download)."""
+    hub = "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    assert timm.models.get_pretrained_cfg("quadformer_tiny_patch16_224").hf_hub_id == hub
+    vanilla = timm.create_model("vit_tiny_patch16_224", depth=1)
+    state = {k: v.contiguous() for k, v in vanilla.state_dict().items()}
+    _fake_hub_cache(tmp_path, hub, {"model.safetensors": lambda p: save_file(state, str(p))})
+    q = timm.create_model("quadformer_tiny_patch16_224", pretrained=True, depth=1, cache_dir=tmp_path)
+    torch.testing.assert_close(q.blocks[0].mlp.fc1.weight, vanilla.blocks[0].mlp.fc1.weight)
+    torch.testing.assert_close(q.head.weight, vanilla.head.weight)
+    assert q.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)  # the preprocessing these weights expect
+    with pytest.raises(QuadformerError, match="not in the local Hugging Face cache.*pretrained_cfg_overlay"):
+        timm.create_model("quadformer_small_patch16_224", pretrained=True, depth=1, cache_dir=tmp_path)
+
+
+def test_pretrained_local_file_gives_the_vanilla_logits(tmp_path):
+    """A vanilla timm ViT file through pretrained_cfg_overlay: the uniform model at its grid and the
+    Quadformer at N = N0 (all finest patches, learned grid) give the ViT's logits."""
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", depth=2, num_classes=5).eval()
+    with torch.no_grad():
+        vit.pos_embed.normal_(std=0.5)
+        vit.cls_token.normal_(std=0.5)
+    path = tmp_path / "vit.safetensors"
+    save_file(vit.state_dict(), str(path))
+    x = torch.randn(2, 3, 224, 224)
+    want = vit(x)
+    overlay = dict(file=str(path), num_classes=5)
+    u = timm.create_model("uniform_vit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=overlay,
+                          num_patches=196, pos_embed="learn", depth=2).eval()
+    torch.testing.assert_close(u(x), want, atol=1e-5, rtol=1e-5)
+    q = timm.create_model("quadformer_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=overlay,
+                          num_patches=196, pos_embed="learned_grid", depth=2).eval()
+    torch.testing.assert_close(q(x), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(QuadformerError, match="file not found"):
+        timm.create_model("quadformer_tiny_patch16_224", pretrained=True, depth=2,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "nope.safetensors")))
+
+
+def test_overlay_mean_and_std_are_honoured():
+    m = timm.create_model("quadformer_micro_patch8_128",
+                          pretrained_cfg_overlay=dict(mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6)))
+    cfg = timm.data.resolve_data_config(model=m)
+    assert cfg["mean"] == (0.1, 0.2, 0.3) and cfg["std"] == (0.4, 0.5, 0.6)
+    assert m.pretrained_cfg["architecture"] == "quadformer_micro_patch8_128"
+
+
+def test_learned_grid_conversion_resizes_timm_pos_embed_and_keeps_cls():
+    from timm.layers import resample_abs_pos_embed
+
+    q = Quadformer(64, 16, 32, 10, pos_embed="learned_grid", **TINY)
+    vit = VisionTransformer(img_size=32, patch_size=16, **TINY)  # a 2x2 grid, resized to 4x4 as timm does
+    with torch.no_grad():
+        vit.pos_embed.normal_()
+    state = convert_vanilla_state_dict(vit.state_dict(), q)
+    want = resample_abs_pos_embed(vit.pos_embed, new_size=[4, 4], num_prefix_tokens=1)
+    torch.testing.assert_close(state["cls_pos"], vit.pos_embed[:, :1])
+    torch.testing.assert_close(state["pos_grid.grid"][0].permute(1, 2, 0).reshape(16, -1), want[0, 1:])
+    assert set(state) == set(q.state_dict())
+
+
+def test_quadformer_runs_the_tokenizer_path():
+    """The model's tokens are the standalone Tokenizer's (same code, same weights, same state-dict
+    names) and equal the slow token-by-token reference."""
+    torch.manual_seed(0)
+    q = Quadformer((64, 96), 8, 32, 6 + 3 * 5, scorer="pixel-blur", **TINY).eval()
+    tok = Tokenizer((64, 96), 8, 32, 6 + 3 * 5, embed_dim=32, scorer="pixel-blur")
+    tok.load_state_dict({k: v for k, v in q.state_dict().items() if k in tok.state_dict()})
+    x = torch.randn(2, 3, 64, 96)
+    tokens, index = q.tokenize(x)
+    want, boxes, _ = tok(x)
+    torch.testing.assert_close(tokens, want, rtol=0, atol=0)
+    p = q.patch_embed.proj
+    ref = mosaic_tokens(x, boxes, 8, p.weight, p.bias, q.cls_token)
+    torch.testing.assert_close(tokens, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_uniform_model_patches_equal_the_reference_and_the_scale_one_mosaic():
+    """N=64 of a 256-px image: 16-px patches of the 128-px image, equal to the slow reference and,
+    under reference resampling, to the mosaic's 32-px tokens."""
+    x = torch.randn(2, 3, 256, 256)
+    u = UniformViT(256, 16, num_patches=64, **TINY)
+    got = patchify(u.downscale(x), 16)
+    torch.testing.assert_close(got, uniform_patches(x, (8, 8), 16), atol=1e-6, rtol=0)
+    pix, _, _ = mosaic(x, QuadGeometry(256, 256, 16, 32, 64), None)
+    torch.testing.assert_close(got, pix, atol=1e-6, rtol=0)
+
+
+# -- load_model: one model spec -------------------------------------------------------------------
+
+MICRO = dict(embed_dim=32, depth=1, num_heads=2)
+
+
+def _train_checkpoint(path, layout: str) -> tuple[dict, dict]:
+    torch.manual_seed(0)
+    raw = timm.create_model("quadformer_micro_patch4_32", num_classes=3, num_patches=28, **MICRO).state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in raw.items()}
+    keys = ("state_dict", "state_dict_ema") if layout == "timm" else ("model", "ema")
+    torch.save({keys[0]: raw, keys[1]: ema, "num_classes": 3, "class_names": ["a", "b", "c"],
+                "config": {"model": {"name": "quadformer_micro_patch4_32", "num_patches": 28, "kwargs": MICRO},
+                           "data": {"image_size": 32}, "seed": 7}}, path)
+    return raw, ema
+
+
+@pytest.mark.parametrize("layout", ["timm", "old"])
+def test_load_model_reads_train_checkpoints_in_both_layouts(tmp_path, layout):
+    path = tmp_path / "last.pt"
+    raw, ema = _train_checkpoint(path, layout)
+    lm = load_model(path, weights="ema")
+    assert lm.weights == "ema" and lm.init_seed == 7 and lm.class_names == ["a", "b", "c"]
+    torch.testing.assert_close(lm.model.state_dict()["head.weight"], ema["head.weight"])
+    lm = load_model(tmp_path, weights="model")  # the run folder
+    torch.testing.assert_close(lm.model.state_dict()["head.weight"], raw["head.weight"])
+    if layout == "timm":  # timm's own reader picks the EMA weights of our checkpoints
+        m = timm.create_model("quadformer_micro_patch4_32", num_classes=3, **MICRO)
+        timm.models.load_checkpoint(m, str(path), use_ema=True)
+        torch.testing.assert_close(m.head.weight, ema["head.weight"])
+
+
+def test_load_model_local_dir_round_trip(tmp_path):
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    m = timm.create_model("quadformer_micro_patch4_32", num_classes=3, **MICRO).eval()
+    m.set_num_patches(16)
+    save_for_hf(m, tmp_path / "hf", safe_serialization=True, model_config={"label_names": ["a", "b", "c"]})
+    lm = load_model(f"local-dir:{tmp_path / 'hf'}")
+    assert lm.kind == "hub" and lm.name == "quadformer_micro_patch4_32" and lm.model.num_patches == 16
+    assert lm.class_names == ["a", "b", "c"] and lm.image_size == 32 and lm.num_classes == 3
+    assert lm.sha256 is not None and lm.path.name == "model.safetensors"
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(lm.model(x), m(x), rtol=0, atol=0)
+    assert lm.factory().num_patches == 16
+
+
+def test_load_model_refuses_what_is_no_model_spec(tmp_path):
+    with pytest.raises(QuadformerError, match="not a model; pass a timm model name, a run folder, last.pt, "
+                                              "model.safetensors, local-dir:PATH or hf-hub:ORG/NAME"):
+        load_model("quadformer_mikro")
+    with pytest.raises(QuadformerError, match="cannot be read"):
+        load_model(f"local-dir:{tmp_path}")

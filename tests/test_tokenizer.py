@@ -1,4 +1,5 @@
-"""Resampling, token layout, embeddings, tokenizers, reverse quadtree (spec §5, §6, §8, §9, §11)."""
+"""Resampling, token layout, embeddings, the tokenizer, reverse quadtree
+(``docs/design/mixed_resolution.md`` §5, §6, §8, §9, §11)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import torch.nn.functional as F
 from quadformer.tokenize import (
     QuadGeometry,
     Tokenizer,
-    UniformTokenizer,
     downscale,
     mosaic,
     pool_to_tokens,
@@ -20,6 +20,8 @@ from quadformer.tokenize import (
 )
 from quadformer.tokenize.pos_embed import LearnedGridPosEmbed
 from quadformer.tokenize.scorers.base import PatchScorer
+
+from .reference_tokens import mosaic_tokens, sincos
 
 
 class FixedScorer(PatchScorer):
@@ -81,20 +83,11 @@ def test_dtypes(dtype):
     torch.testing.assert_close(pix.float(), pix32, atol=0.05, rtol=0.02)
 
 
-def reference_sincos(x: float, y: float, dim: int) -> list[float]:
-    h = dim // 4
-    out = []
-    for t in (x, y):
-        ws = [10000 ** (-i / (h - 1)) for i in range(h)]
-        out += [math.sin(t * w) for w in ws] + [math.cos(t * w) for w in ws]
-    return out
-
-
 def test_sincos_values():
     meta = torch.tensor([[[0.5, 0.5, 0.0], [2.0, 6.0, 2.0], [13.5, 0.5, 0.0]]])
     got = sincos_2d(meta, 16)
     for n, (x, y, _) in enumerate(meta[0].tolist()):
-        torch.testing.assert_close(got[0, n], torch.tensor(reference_sincos(x, y, 16)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(got[0, n], torch.tensor(sincos(x, y, 16)), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="% 4"):
         sincos_2d(meta, 18)
 
@@ -109,32 +102,12 @@ def test_learned_grid_reads_own_cell_and_interpolates():
     torch.testing.assert_close(out[0, 1], pe.grid[0, :, :2, :2].mean((-1, -2)))
 
 
-def test_learned_grid_loads_timm_pos_embed_with_cls_kept():
-    pe = LearnedGridPosEmbed(8, (4, 4))
-    timm_pe = torch.randn(1, 1 + 16, 8)
-    cls = pe.load_timm_pos_embed(timm_pe)
-    torch.testing.assert_close(cls, timm_pe[:, :1])
-    torch.testing.assert_close(pe.grid[0].permute(1, 2, 0).reshape(16, 8), timm_pe[0, 1:])
-
-
 def test_patch_embed_equals_conv_on_uniform_grid():
     tok = Tokenizer(32, 8, 8, num_patches=16, embed_dim=16, scorer=None, class_token=False)
     x = torch.randn(2, 3, 32, 32)
     tokens, _, meta = tok(x)
     conv = tok.patch_embed.proj(x).flatten(2).transpose(1, 2)
-    torch.testing.assert_close(tokens - tok.pos_embed(meta), conv, atol=1e-5, rtol=1e-5)
-
-
-def test_uniform_tokenizer_matches_mosaic_at_scale_one():
-    """32-px patches of a 256-px image under reference resampling = 16-px patches of the 128-px image."""
-    x = torch.randn(2, 3, 256, 256)
-    g = QuadGeometry(256, 256, 16, 32, 64)
-    pix_mosaic, _, _ = mosaic(x, g, None)
-    ut = UniformTokenizer(256, 16, num_patches=64, embed_dim=32)
-    torch.testing.assert_close(ut.pixels(x), pix_mosaic, atol=1e-6, rtol=0)
-    tokens, boxes, meta = ut(x)
-    assert tokens.shape == (2, 65, 32) and boxes[0, 1].tolist() == [32, 0, 64, 32]
-    assert meta[0, 9].tolist() == [1.5, 1.5, 0.0]
+    torch.testing.assert_close(tokens - tok.pos_grid(meta), conv, atol=1e-5, rtol=1e-5)
 
 
 def test_budget_change_and_illegal_budget():
@@ -185,15 +158,30 @@ def test_tokenizer_tokens_are_embed_plus_position(pos):
     tok = Tokenizer((64, 96), 8, 32, num_patches=6 + 3 * 5, embed_dim=16, scorer=FixedScorer(), pos_embed=pos)
     if pos == "learned_grid":
         with torch.no_grad():
-            tok.pos_embed.grid.normal_()
+            tok.pos_grid.grid.normal_()
+            tok.cls_pos.normal_()
     x = torch.randn(2, 3, 64, 96)
     tokens, boxes, meta = tok(x)
     pixels, boxes2, meta2 = mosaic(x, tok.geometry, FixedScorer())
     assert torch.equal(boxes, boxes2) and torch.equal(meta, meta2)
-    want = tok.patch_embed(pixels) + tok.pos_embed(meta)
+    want = tok.patch_embed(pixels) + tok.pos_grid(meta)
     torch.testing.assert_close(tokens[:, 1:], want, atol=1e-5, rtol=1e-5)
+    cls = tok.cls_token + (tok.cls_pos if pos == "learned_grid" else 0)
+    torch.testing.assert_close(tokens[:, :1], cls.expand(2, -1, -1))
     keys = list(tok.state_dict())
     assert len(keys) == len(set(keys)) and all(not k.startswith("pos_table") for k in keys)
     if pos == "learned_grid":
         tokens.sum().backward()
-        assert tok.pos_embed.grid.grad is not None and tok.pos_embed.grid.grad.abs().sum() > 0
+        assert tok.pos_grid.grid.grad is not None and tok.pos_grid.grid.grad.abs().sum() > 0
+
+
+def test_tokenizer_equals_slow_reference_token_by_token():
+    """Every token = W . (its box resized to p_min, bilinear) + b + sincos(its centre); cls first."""
+    tok = Tokenizer((64, 96), 8, 32, num_patches=6 + 3 * 5, embed_dim=16, scorer=FixedScorer())
+    with torch.no_grad():
+        tok.cls_token.normal_()
+    x = torch.randn(2, 3, 64, 96)
+    tokens, boxes, _ = tok(x)
+    p = tok.patch_embed.proj
+    want = mosaic_tokens(x, boxes, 8, p.weight, p.bias, tok.cls_token)
+    torch.testing.assert_close(tokens, want, atol=1e-4, rtol=1e-4)

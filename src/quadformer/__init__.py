@@ -1,4 +1,7 @@
 """quadformer: mixed-resolution (quadtree) tokenization for Vision Transformers, and diverse
-pretraining for transfer."""
+pretraining for transfer. Importing it registers the models with timm
+(``timm.list_models('quadformer*')``)."""
 
 __version__ = "0.1.0"
+
+from . import models  # noqa: E402,F401  (registers quadformer_* / uniform_vit_* with timm)

@@ -24,28 +24,30 @@ def build_model(name: str, num_classes: int, image_size: int, num_patches: int |
                 kwargs: dict[str, Any] | None = None, vanilla_checkpoint: str | None = None) -> nn.Module:
     """``timm.create_model`` for any timm name; ours get ``img_size`` and ``num_patches``.
 
-    ``vanilla_checkpoint``: a vanilla timm ViT weights file converted into ours, or timm's
+    ``vanilla_checkpoint``: a vanilla timm ViT weights file converted into ours
+    (:func:`~quadformer.models.quadformer.load_vanilla_checkpoint`), or timm's
     ``checkpoint_path`` for any other model."""
     import timm
 
-    import quadformer.models  # noqa: F401  (registers our models with timm)
+    from .quadformer import load_vanilla_checkpoint
 
     kwargs = dict(kwargs or {})
     if is_ours(name):
         kwargs.setdefault("img_size", image_size)
         if num_patches is not None:
             kwargs["num_patches"] = num_patches
-        if vanilla_checkpoint:
-            kwargs["vanilla_checkpoint"] = vanilla_checkpoint
     elif vanilla_checkpoint:
         kwargs["checkpoint_path"] = vanilla_checkpoint
     try:
-        return timm.create_model(name, num_classes=num_classes, **kwargs)
+        model = timm.create_model(name, num_classes=num_classes, **kwargs)
     except RuntimeError as e:
         if "Unknown model" in str(e):
             close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
             raise QuadformerError(f"unknown model {name!r}; e.g. {', '.join(close)}") from None
         raise
+    if vanilla_checkpoint and is_ours(name):
+        load_vanilla_checkpoint(model, vanilla_checkpoint)
+    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:

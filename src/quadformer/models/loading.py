@@ -7,11 +7,15 @@
   ``model.json`` (or, when missing, the same JSON in the safetensors metadata) rebuilds the
   exact architecture; the run's ``config.yaml`` beside it, when it describes the same model,
   gives the init seed and the data config;
-* a training checkpoint ``last.pt`` (read with ``weights_only=True``; ``weights="auto"`` takes
+* a training checkpoint ``last.pt`` (read with ``weights_only=True``; timm's keys
+  ``state_dict``/``state_dict_ema`` or the older ``model``/``ema``; ``weights="auto"`` takes
   the EMA weights when present, ``"ema"`` insists on them, ``"model"`` takes the raw ones);
 * a bare state dict (``.pt``/``.pth``/``.safetensors`` without metadata) with ``arch=`` a timm
   name;
-* a run folder holding ``model.safetensors`` or ``last.pt``.
+* a run folder holding ``model.safetensors`` or ``last.pt``;
+* a ``local-dir:PATH`` or ``hf-hub:ORG/NAME`` name, as timm reads them (a folder written by
+  :func:`timm.models.save_for_hf`: ``config.json`` + weights; the hub is only asked for what
+  is not in its local cache, because the user named it).
 
 Every load is strict: a checkpoint of another architecture fails with one
 :class:`~quadformer.utils.errors.QuadformerError` line naming the fix. The returned
@@ -28,16 +32,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..utils.errors import QuadformerError
-from ..utils.state_dict import load_torch_file
-from .factory import build_model, classifier_keys
+from ..utils.state_dict import clean_state_dict, load_torch_file
+from .factory import build_model, classifier_keys, is_ours
 
 __all__ = ["LoadedModel", "load_model", "read_checkpoint", "backbone_state", "create_from_config", "file_digest"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _HEAD_WEIGHTS = ("head.weight", "fc.weight", "classifier.weight", "head.fc.weight")
@@ -54,10 +56,10 @@ class LoadedModel:
     model_config: dict[str, Any] = field(default_factory=dict)  # ModelConfig as a dict
     multilabel: bool = False
     class_names: list[str] = field(default_factory=list)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
     factory: Callable[[], nn.Module] | None = None  # same architecture, fresh random weights
-    kind: str = "timm"  # "timm", "export", "train_checkpoint" or "state_dict"
+    kind: str = "timm"  # "timm", "export", "train_checkpoint", "state_dict" or "hub" (local-dir:/hf-hub:)
     init_seed: int = 0  # the seed the weights were initialised under (Δ vs init)
     init_seed_known: bool = True  # False: the checkpoint does not record its seed (default used)
     weights: str = "init"  # "init" (timm name), "model", or "ema" (a training checkpoint's EMA weights)
@@ -76,10 +78,6 @@ def _sha256(path: str | Path) -> str:
 
 def file_digest(path: str | Path) -> str:
     return _sha256(path)[:16]
-
-
-def _is_ours(name: str) -> bool:
-    return name.startswith(("quadformer_", "uniform_vit_"))
 
 
 def create_from_config(model_cfg: dict[str, Any], image_size: int, num_classes: int) -> nn.Module:
@@ -101,12 +99,10 @@ def _create_timm(name: str, num_classes: int, image_size: int | None, kwargs: di
     that take ``img_size`` (ViTs), ours always get it (as ``quadformer train`` does)."""
     import timm
 
-    import quadformer.models  # noqa: F401  (registers our models)
-
     kw = {k: v for k, v in kwargs.items() if k not in ("vanilla_checkpoint", "pretrained", "checkpoint_path")}
     kw["num_classes"] = num_classes
     if image_size is not None and "img_size" not in kw:
-        if _is_ours(name):
+        if is_ours(name):
             kw["img_size"] = image_size
         else:
             try:  # fixed-size timm models (ViTs) take img_size; CNNs do not (TypeError before any init)
@@ -119,12 +115,16 @@ def _create_timm(name: str, num_classes: int, image_size: int | None, kwargs: di
         raise QuadformerError(f"cannot build {name!r} with {kw}: {e}; fix the model kwargs") from None
 
 
+SPEC_FORMS = ("a timm model name", "a run folder", "last.pt", "model.safetensors", "local-dir:PATH",
+              "hf-hub:ORG/NAME")
+
+
 def _unknown_name(spec: str) -> QuadformerError:
     import timm
 
     close = timm.list_models(f"*{spec.split('_')[0]}*")[:6]
-    return QuadformerError(f"{spec!r} is neither a checkpoint file nor a timm model name"
-                           + (f"; e.g. {', '.join(close)}" if close else ""))
+    return QuadformerError(f"{spec!r} is not a model; pass {', '.join(SPEC_FORMS[:-1])} or {SPEC_FORMS[-1]}"
+                           + (f" (timm names like it: {', '.join(close)})" if close else ""))
 
 
 def _default_image_size(model: nn.Module, fallback: int = 224) -> int:
@@ -153,7 +153,8 @@ def _resolve(spec: str | Path) -> Path | None:
     if p.is_file():
         return p
     if s.endswith(_WEIGHT_SUFFIXES) or "/" in s or "\\" in s:
-        raise QuadformerError(f"checkpoint not found: {p}; pass an existing file or a timm model name")
+        raise QuadformerError(f"checkpoint not found: {p}; pass an existing file or folder (or local-dir:PATH, "
+                              f"hf-hub:ORG/NAME, a timm model name)")
     return None
 
 
@@ -202,6 +203,8 @@ def _read(path: Path, weights: str = "auto") -> tuple[dict[str, Any], dict[str, 
             meta = json.loads(meta_raw)
         except json.JSONDecodeError as e:
             raise QuadformerError(f"the metadata of {path} is not valid JSON ({e.msg}); re-export the model") from None
+        if not isinstance(meta, dict):
+            raise QuadformerError(f"the metadata of {path} is a {type(meta).__name__}, not a mapping; re-export the model")
         run_cfg = _run_config(path, dict(meta.get("model") or {}))
         if "seed" not in meta and "seed" in run_cfg:
             meta["seed"] = run_cfg["seed"]
@@ -210,9 +213,12 @@ def _read(path: Path, weights: str = "auto") -> tuple[dict[str, Any], dict[str, 
                     fix=f"{side.name} describes another model than these weights; re-export the model")
         return state, meta
     ck = load_torch_file(path)
-    if isinstance(ck, dict) and "config" in ck and isinstance(ck.get("model"), dict):
+    raw = ema = None
+    if isinstance(ck, dict):  # timm's CheckpointSaver keys, or the older model/ema
+        raw = ck.get("state_dict") if isinstance(ck.get("state_dict"), dict) else ck.get("model")
+        ema = ck.get("state_dict_ema", ck.get("ema"))
+    if isinstance(ck, dict) and "config" in ck and isinstance(raw, dict):
         cfg = ck["config"]
-        ema = ck.get("ema")
         if weights == "ema" and not ema:
             raise QuadformerError(f"{path} holds no EMA weights (trained with train.ema_decay=0); use --weights model")
         used = "model" if weights == "model" or not ema else "ema"
@@ -224,8 +230,8 @@ def _read(path: Path, weights: str = "auto") -> tuple[dict[str, Any], dict[str, 
                        "`quadformer train`"}
         if "seed" in cfg:
             meta["seed"] = cfg["seed"]
-        return ck[used], meta
-    state = ck.get("state_dict", ck.get("model", ck)) if isinstance(ck, dict) else ck
+        return (raw if used == "model" else ema), meta
+    state = (ema if weights == "ema" and ema else raw if raw is not None else ck) if isinstance(ck, dict) else ck
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise QuadformerError(f"{path} is neither a quadformer training checkpoint nor a state dict; pass last.pt "
                               f"or model.safetensors written by `quadformer train`")
@@ -266,6 +272,71 @@ def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
         return factory()
 
 
+HUB_PREFIXES = ("local-dir:", "hf-hub:")
+
+
+def _hub_weights_file(spec: str) -> Path | None:
+    """The weights file a ``local-dir:``/``hf-hub:`` model was read from (for its digest)."""
+    source, _, loc = spec.partition(":")
+    names = ("model.safetensors", "pytorch_model.bin")
+    if source == "local-dir":
+        return next((Path(loc) / n for n in names if (Path(loc) / n).is_file()), None)
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = loc.partition("@")
+    for n in names:
+        got = try_to_load_from_cache(repo, n, revision=revision or None)
+        if isinstance(got, str):
+            return Path(got)
+    return None
+
+
+def _load_hub(spec: str, num_classes: int | None, device: str | torch.device, image_size: int | None,
+              extra: dict[str, Any]) -> LoadedModel:
+    """A folder written by ``timm.models.save_for_hf`` (``local-dir:``) or its hub copy (``hf-hub:``),
+    rebuilt and loaded by timm itself (config.json: architecture, model args, preprocessing)."""
+    import timm
+
+    kw = dict(extra)
+    if image_size is not None:
+        kw.setdefault("img_size", image_size)
+
+    def build(pretrained: bool) -> nn.Module:
+        try:
+            return timm.create_model(spec, pretrained=pretrained, **kw)
+        except FileNotFoundError as e:
+            raise QuadformerError(f"{spec} cannot be read ({e}); pass a folder written by timm.models.save_for_hf "
+                                  f"(config.json + model.safetensors)") from None
+        except OSError as e:  # huggingface_hub: not cached and no network
+            raise QuadformerError(f"{spec} is not in the local Hugging Face cache and cannot be downloaded here "
+                                  f"({e.__class__.__name__}); download it where there is a network, or use "
+                                  f"local-dir:PATH") from None
+
+    model = build(True)
+    cfg = dict(model.pretrained_cfg)
+    trained = int(model.num_classes)
+
+    def factory() -> nn.Module:
+        m = build(False)
+        if num_classes is not None and num_classes != trained:
+            m.reset_classifier(num_classes)
+        return m
+
+    if num_classes is not None and num_classes != trained:
+        model.reset_classifier(num_classes)
+    name = cfg.get("architecture") or spec
+    size = int(image_size or cfg.get("input_size", (3, 224, 224))[-1])
+    labels = cfg.get("label_names") or []
+    weights_file = _hub_weights_file(spec)
+    sha = _sha256(weights_file) if weights_file is not None else None
+    return LoadedModel(model.to(device).eval(), name, size, trained if num_classes is None else int(num_classes),
+                       spec, sha[:16] if sha else f"hub:{spec}", {"name": name, "kwargs": dict(model._model_args)},
+                       class_names=list(labels.values()) if isinstance(labels, dict) else list(labels),
+                       mean=tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+                       std=tuple(cfg.get("std", IMAGENET_DEFAULT_STD)), factory=factory, kind="hub", init_seed_known=False, weights="model", sha256=sha,
+                       path=weights_file)
+
+
 def load_model(spec: str | Path, num_classes: int | None = None, device: str | torch.device = "cpu",
                seed: int = 0, image_size: int | None = None, *, arch: str | None = None,
                init_seed: int | None = None, model_kwargs: dict[str, Any] | None = None,
@@ -279,11 +350,14 @@ def load_model(spec: str | Path, num_classes: int | None = None, device: str | t
     ``timm.create_model`` kwargs; ``weights`` picks a training checkpoint's EMA or raw weights."""
     import timm
 
-    import quadformer.models  # noqa: F401  (registers our models)
-
     if weights not in ("auto", "ema", "model"):
         raise ValueError(f"weights={weights!r}; use 'auto', 'ema' or 'model'")
     extra = dict(model_kwargs or {})
+    if str(spec).startswith(HUB_PREFIXES):
+        if weights == "ema":
+            raise QuadformerError(f"{spec} holds one set of weights; EMA weights are read from a training "
+                                  f"checkpoint (last.pt)")
+        return _load_hub(str(spec), num_classes, device, image_size, extra)
     path = _resolve(spec)
     if path is None:
         name = str(spec)
@@ -299,11 +373,12 @@ def load_model(spec: str | Path, num_classes: int | None = None, device: str | t
         cfg = getattr(model, "pretrained_cfg", None) or {}
         return LoadedModel(model.to(device).eval(), name, int(image_size or _default_image_size(model)), ncls,
                            str(spec), f"init:{name}:{seed_}", {"name": name, **({"kwargs": extra} if extra else {})},
-                           mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
+                           mean=tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+                           std=tuple(cfg.get("std", IMAGENET_DEFAULT_STD)),
                            factory=factory_timm, kind="timm", init_seed=seed_, init_seed_known=True, weights="init")
 
     state, meta = _read(path, weights)
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = clean_state_dict(state)
     if meta is None:  # bare weights: the architecture comes from arch
         if not arch:
             raise QuadformerError(f"{path} holds bare weights without a model description; pass --arch "

@@ -1,36 +1,39 @@
-"""Quadformer and its vanilla baseline at equal N, on timm's ``VisionTransformer`` (spec §9, §10).
+"""Quadformer and its vanilla baseline at equal N, on timm's ``VisionTransformer``
+(``docs/design/mixed_resolution.md`` §9, §10).
 
-* :class:`Quadformer`: mixed-resolution tokenizer + unmodified timm blocks/norm/head.
-  State-dict names equal timm's (``patch_embed.proj``, ``cls_token``, ``blocks.*`` ...), so
-  a vanilla ViT checkpoint loads except ``pos_embed``: folded into ``cls_token`` (cls part)
-  and dropped for ``sincos``, resampled into ``pos_grid`` for ``learned_grid``.
+* :class:`Quadformer`: the mixed-resolution tokenizer
+  (:class:`~quadformer.tokenize.tokenizer.MosaicEmbedding`) + unmodified timm
+  blocks/norm/head. State-dict names equal timm's (``patch_embed.proj``, ``cls_token``,
+  ``blocks.*`` ...), so a vanilla ViT checkpoint loads except ``pos_embed``: folded into
+  ``cls_token`` (cls part) and dropped for ``sincos``, resampled into ``pos_grid`` for
+  ``learned_grid`` (:func:`convert_vanilla_state_dict`).
 * :class:`UniformViT`: the vanilla baseline at equal N, a uniform grid on a down-scaled image.
 
-Both register with timm (``timm.create_model("quadformer_small_patch16_256", num_patches=100)``).
+The timm entry points (``quadformer_small_patch16_224`` ...) live in
+:mod:`quadformer.models.registry`.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import os
 from typing import Any
 
 import torch
 from timm.layers import resample_abs_pos_embed
-from timm.models import register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ..tokenize import QuadGeometry
 from ..tokenize.patch_embed import TokenPatchEmbed
-from ..tokenize.pos_embed import LearnedGridPosEmbed, POS_EMBEDS, SinCosPosEmbed, sincos_2d
+from ..tokenize.pos_embed import POS_EMBEDS, sincos_2d
 from ..tokenize.quadtree import cell_tables
-from ..tokenize.resample import RESAMPLE_MODES, gather_pixels
+from ..tokenize.resample import RESAMPLE_MODES
 from ..tokenize.reverse import reverse_quadtree
 from ..tokenize.scorers.base import PatchScorer
-from ..tokenize.tokenizer import PositionTable, build_scorer, downscale_image, select, uniform_grid_for_budget
-from ..utils.images import IMAGENET_MEAN, IMAGENET_STD
+from ..tokenize.tokenizer import MosaicEmbedding, downscale_image, uniform_grid_for_budget
+from ..utils.state_dict import read_state_dict
 
 # name -> (embed_dim, depth, num_heads)
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -43,24 +46,46 @@ SIZES: dict[str, tuple[int, int, int]] = {
 }
 
 
-def _pretrained_cfg(img_size: tuple[int, int], num_classes: int, arch: str) -> dict[str, Any]:
-    return {
-        "architecture": arch, "input_size": (3, *img_size), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-        "num_classes": num_classes, "interpolation": "bicubic", "crop_pct": 0.875, "first_conv": "patch_embed.proj",
-        "classifier": "head",
-    }
-
-
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
-class Quadformer(VisionTransformer):
+def portable_scorer_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Scorer kwargs that rebuild the scorer's structure anywhere: a ``weights`` file (or
+    ``torchvision:`` weights) becomes ``'random'``, since the model's state dict carries the
+    scorer's weights under ``scorer.`` (``timm:<name>`` names a structure and stays)."""
+    w = kwargs.get("weights")
+    if isinstance(w, (str, os.PathLike)) and str(w) != "random" and not str(w).startswith("timm:"):
+        return {**kwargs, "weights": "random"}
+    return dict(kwargs)
+
+
+class ReconstructionArgs:
+    """timm's ``_model_args`` (what :func:`timm.models.save_for_hf` writes as ``model_args``)
+    always carries the model's current tokenizer config (:meth:`tokenizer_args`), over the
+    kwargs ``timm.create_model`` recorded, so an export rebuilds exactly even after
+    :meth:`set_num_patches`."""
+
+    def tokenizer_args(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def _model_args(self) -> dict[str, Any]:
+        return {**self.__dict__.get("_factory_args", {}), **self.tokenizer_args()}
+
+    @_model_args.setter
+    def _model_args(self, value: dict[str, Any]) -> None:
+        self.__dict__["_factory_args"] = dict(value)
+
+
+class Quadformer(ReconstructionArgs, MosaicEmbedding, VisionTransformer):
     """A ViT fed a saliency-guided mosaic of ``num_patches`` tokens of sizes ``p_min..p_max``.
 
-    ``scorer`` is a name (``pixel-blur``, ``feature``, ``random``, ``precomputed``) or a
+    ``scorer`` is a name (``pixel-blur``, ``feature``, ``random``, ``precomputed`` ...) or a
     :class:`PatchScorer`; its weights live under ``scorer.`` and are never trained.
     ``num_patches`` can change between training and inference (:meth:`set_num_patches`).
+    Feature maps (``forward_intermediates``, ``features_only=True``) are dense on the p_min
+    grid (reduction ``p_min``).
     """
 
     def __init__(
@@ -91,48 +116,25 @@ class Quadformer(VisionTransformer):
         self.patch_embed = TokenPatchEmbed(patch_size, in_chans, self.embed_dim, bias=old.proj.bias is not None)
         self.patch_embed.proj = old.proj  # keep timm's initialisation
         self.patch_embed.norm = old.norm
-        self.geometry = geometry
-        self.resample = resample
-        self.pos_embed_type = pos_embed
-        d = self.embed_dim
-        if pos_embed == "sincos":
-            self.pos_grid = SinCosPosEmbed(d)
-            self.cls_pos = None
-        else:
-            self.pos_grid = LearnedGridPosEmbed(d, (h // patch_size, w // patch_size))
-            self.cls_pos = nn.Parameter(torch.zeros(1, self.num_prefix_tokens, d)) if self.num_prefix_tokens else None
-        self._pos_table = PositionTable(self.pos_grid)
-        self.scorer = build_scorer(scorer, **(scorer_kwargs or {}))
-        if self.scorer is not None:
-            self.scorer.requires_grad_(False)
-        self.pretrained_cfg = self.default_cfg = _pretrained_cfg((h, w), self.num_classes, "quadformer")
+        self.init_mosaic(geometry, scorer, scorer_kwargs, pos_embed, resample)
 
-    # -- budget -----------------------------------------------------------------------------
-    @property
-    def num_patches(self) -> int:
-        return self.geometry.num_patches
-
-    def set_num_patches(self, num_patches: int) -> None:
-        """Change N (re-validated against the geometry); weights are unaffected."""
-        self.geometry = self.geometry.with_budget(num_patches)
+    def tokenizer_args(self) -> dict[str, Any]:
+        g = self.geometry
+        scorer = self.scorer_name if self.scorer_name or self.scorer is None else self.scorer
+        return dict(patch_size=g.p_min, max_patch_size=g.p_max, num_patches=g.num_patches, scorer=scorer,
+                    scorer_kwargs=portable_scorer_kwargs(self.scorer_kwargs), pos_embed=self.pos_embed_type,
+                    resample=self.resample)
 
     def train(self, mode: bool = True) -> "Quadformer":
         super().train(mode)
-        if self.scorer is not None:
-            self.scorer.eval()  # frozen: eval mode even under model.train()
+        if self.scorer is not None:  # frozen: eval mode even under model.train(), unless end-to-end
+            self.scorer.train(mode and getattr(self.scorer, "trainable", False))
         return self
 
     # -- tokens -----------------------------------------------------------------------------
     def tokenize(self, x: Tensor, **scorer_inputs: Any) -> tuple[Tensor, Tensor]:
         """Images -> (embedded tokens incl. prefix ``[B, P+N, D]``, cell index ``[B, N]``)."""
-        g = self.geometry
-        index = select(x, g, self.scorer, **scorer_inputs)
-        pixels = gather_pixels(x, index, g, self.resample)  # type: ignore[arg-type]
-        t = self.patch_embed(pixels)
-        t = t + self._pos_table(index, g).to(t.dtype)
-        if self.cls_token is not None:
-            cls = self.cls_token if self.cls_pos is None else self.cls_token + self.cls_pos
-            t = torch.cat([cls.expand(t.shape[0], -1, -1).to(t.dtype), t], 1)
+        t, index = self.embed_mosaic(x, **scorer_inputs)
         t = self.pos_drop(t)
         t = self.patch_drop(t)
         return self.norm_pre(t), index
@@ -192,7 +194,7 @@ class Quadformer(VisionTransformer):
         return vit_gmacs(self, self.num_patches, attention) + scorer
 
 
-class UniformViT(VisionTransformer):
+class UniformViT(ReconstructionArgs, VisionTransformer):
     """Vanilla baseline at equal N: ``num_patches`` uniform p-px patches of the input image
     down-scaled to ``(gh*p, gw*p)`` (reference 2x2-centre mean for power-of-two factors, so
     e.g. N=64 on 256 px equals 32-px mosaic tokens; antialiased bilinear otherwise).
@@ -229,7 +231,12 @@ class UniformViT(VisionTransformer):
             rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
             meta = torch.stack([cols.flatten() + 0.5, rows.flatten() + 0.5, torch.zeros(gh * gw)], -1)
             self.register_buffer("sincos", sincos_2d(meta, self.embed_dim)[None], persistent=False)
-        self.pretrained_cfg = self.default_cfg = _pretrained_cfg((h, w), self.num_classes, "uniform_vit")
+        for info in self.feature_info:  # maps of the token grid, on the input image's scale
+            info["reduction"] = h / gh
+
+    def tokenizer_args(self) -> dict[str, Any]:
+        return dict(patch_size=self.patch_embed.patch_size[0], num_patches=self.num_patches, grid=list(self.grid),
+                    pos_embed=self.pos_embed_type, resample=self.resample)
 
     @property
     def num_patches(self) -> int:
@@ -264,7 +271,7 @@ class UniformViT(VisionTransformer):
 
 
 def vit_gmacs(model: VisionTransformer, num_patches: int, attention: bool = True) -> float:
-    """Analytic GMACs per image, the spec's convention (§10): qkv, proj and MLP matmuls
+    """Analytic GMACs per image (``docs/design/mixed_resolution.md`` §10): qkv, proj and MLP matmuls
     (``12*T*D^2`` per layer for mlp_ratio 4) + patch embedding of N tokens, with T = N + prefix;
     ``attention`` adds the two attention products ``2*T^2*D`` per layer. Norms, softmax,
     GELU and the head are excluded."""
@@ -285,21 +292,15 @@ def vit_gmacs(model: VisionTransformer, num_patches: int, attention: bool = True
 # ------------------------------------------------------------------------------------------
 
 
-def _read_checkpoint(path: str) -> dict[str, Tensor]:
-    from ..tokenize.scorers import read_state_dict
-
-    return read_state_dict(path)
+#: keys a vanilla ViT checkpoint cannot provide: left at the model's own values
+OWN_KEYS = ("head.weight", "head.bias", "cls_pos", "pos_grid.grid")
 
 
-def convert_vanilla_state_dict(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """Map a timm ViT state dict onto ``model`` (a :class:`Quadformer` or :class:`UniformViT`).
-
-    ``pos_embed`` ``[1, P+G, D]``: for a Quadformer with sincos the cls position vector is
-    folded into ``cls_token`` and the grid dropped; with learned_grid the grid is resized as
-    timm does into ``pos_grid`` and the cls vector kept on cls (``cls_pos``). The head is
-    dropped when its shape differs (fine-tuning to a new label space)."""
+def _convert(state: dict[str, Tensor], model: nn.Module) -> tuple[dict[str, Tensor], list[str]]:
+    """(converted state, keys taken from the model itself because the checkpoint lacks them)."""
     state = dict(state)
     own = model.state_dict()
+    vanilla = set(state) != set(own)  # a native state dict has exactly the model's keys
     pos = state.pop("pos_embed", None)
     npt = getattr(model, "num_prefix_tokens", 1)
     if isinstance(model, Quadformer) and pos is not None:
@@ -324,6 +325,7 @@ def convert_vanilla_state_dict(state: dict[str, Tensor], model: nn.Module) -> di
     for k in ("head.weight", "head.bias"):
         if k in state and k in own and state[k].shape != own[k].shape:
             state.pop(k)
+            vanilla = True
     w = state.get("patch_embed.proj.weight")
     if w is not None and w.shape != own["patch_embed.proj.weight"].shape:
         raise ValueError(
@@ -331,112 +333,36 @@ def convert_vanilla_state_dict(state: dict[str, Tensor], model: nn.Module) -> di
             f"{tuple(own['patch_embed.proj.weight'].shape)}; use a checkpoint with the same patch size "
             f"(kernel resampling is opt-in: timm.layers.resample_patch_embed)"
         )
-    return state
+    filled = []
+    if vanilla:
+        filled = [k for k in own if k not in state and (k in OWN_KEYS or k.startswith("scorer."))]
+        state.update({k: own[k] for k in filled})
+    return state, filled
 
 
-def load_vanilla_checkpoint(model: nn.Module, checkpoint: str | dict[str, Tensor], strict: bool = True) -> list[str]:
+def convert_vanilla_state_dict(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Map a timm ViT state dict onto ``model`` (a :class:`Quadformer` or :class:`UniformViT`);
+    timm's ``pretrained_filter_fn`` of our models (a native state dict passes unchanged).
+
+    ``pos_embed`` ``[1, P+G, D]``: for a Quadformer with sincos the cls position vector is
+    folded into ``cls_token`` and the grid dropped; with learned_grid the grid is resized as
+    timm does into ``pos_grid`` and the cls vector kept on cls (``cls_pos``); for the uniform
+    model resized to its grid (``pos_embed='learn'``) or, for sincos, its cls part folded. The
+    scorer's weights, and a head of another shape (fine-tuning to a new label space), stay
+    the model's own."""
+    return _convert(state, model)[0]
+
+
+def load_vanilla_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | dict[str, Tensor],
+                            strict: bool = True) -> list[str]:
     """Load a vanilla timm ViT checkpoint (path to .safetensors/.pth, or a state dict) into
     ``model``. Returns the keys left at their initial values (e.g. a new head). Never downloads."""
-    state = _read_checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
-    state = convert_vanilla_state_dict(state, model)
-    scorer_keys = {k for k in model.state_dict() if k.startswith("scorer.")}
+    state = read_state_dict(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    state, filled = _convert(state, model)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in scorer_keys]
     if strict and unexpected:
         raise ValueError(f"checkpoint has keys the model lacks: {unexpected[:8]} (is it another architecture?)")
-    allowed_missing = {"head.weight", "head.bias", "cls_pos", "pos_grid.grid"}
-    bad = [k for k in missing if k not in allowed_missing]
-    if strict and bad:
-        raise ValueError(f"checkpoint lacks {len(bad)} model keys, e.g. {bad[:8]} (is it another architecture?)")
-    return missing
-
-
-def load_hub_cached(model: nn.Module, timm_name: str, cache_dir: str | Path | None = None) -> list[str]:
-    """Load ``timm_name``'s pretrained weights from the local Hugging Face hub cache only.
-
-    The cache is read directly (``huggingface_hub.try_to_load_from_cache``), so nothing is ever
-    downloaded: setting ``HF_HUB_OFFLINE`` at call time would not do, because huggingface_hub reads
-    it once, at import."""
-    from huggingface_hub import try_to_load_from_cache
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(timm_name)
-    if cfg is None or not getattr(cfg, "hf_hub_id", None):
-        raise ValueError(f"timm has no hub weights for {timm_name!r}; pass a local checkpoint file instead")
-    repo, _, revision = cfg.hf_hub_id.partition("@")
-    names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors",
-                                                                                 "pytorch_model.bin"]
-    for name in names:
-        path = try_to_load_from_cache(repo, name, cache_dir=cache_dir, revision=revision or None)
-        if isinstance(path, str):
-            break
-    else:
-        raise ValueError(f"timm weights {timm_name!r} ({repo}) are not in the local hub cache; download them "
-                         f"explicitly (e.g. `hf download {repo}`), or pass a local checkpoint file")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    return load_vanilla_checkpoint(model, state)
-
-
-# ------------------------------------------------------------------------------------------
-# timm registry
-# ------------------------------------------------------------------------------------------
-
-_TIMM_KEYS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
-
-
-def _build(cls: type, size: str, patch: int, res: int, pretrained: bool, defaults: dict, **kwargs: Any):
-    for k in _TIMM_KEYS:
-        kwargs.pop(k, None)
-    d, depth, heads = SIZES[size]
-    vanilla = kwargs.pop("vanilla_checkpoint", None)
-    hub_name = kwargs.pop("hub_name", None)
-    args = dict(img_size=res, patch_size=patch, embed_dim=d, depth=depth, num_heads=heads)
-    args.update(defaults)
-    args.update(kwargs)
-    model = cls(**args)
-    if vanilla:
-        load_vanilla_checkpoint(model, vanilla)
-    elif pretrained:
-        if not hub_name:
-            raise ValueError("pretrained=True needs hub_name='<timm vanilla ViT name>' (read from the local hub "
-                             "cache, never downloaded) or vanilla_checkpoint='path.safetensors'")
-        load_hub_cached(model, hub_name)
-    return model
-
-
-def _register(size: str, patch: int, res: int, pmax: int, n: int) -> None:
-    def quad(pretrained: bool = False, **kwargs: Any) -> Quadformer:
-        return _build(Quadformer, size, patch, res, pretrained, {"max_patch_size": pmax, "num_patches": n}, **kwargs)
-
-    def uni(pretrained: bool = False, **kwargs: Any) -> UniformViT:
-        return _build(UniformViT, size, patch, res, pretrained, {"num_patches": n}, **kwargs)
-
-    for fn, prefix, doc in ((quad, "quadformer", "Quadformer"), (uni, "uniform_vit", "Vanilla ViT at equal N")):
-        fn.__name__ = f"{prefix}_{size}_patch{patch}_{res}"
-        fn.__qualname__ = fn.__name__
-        fn.__doc__ = f"{doc}-{size}: patches {patch}..{pmax} px at {res} px, default N={n}."
-        fn.__module__ = __name__
-        globals()[fn.__name__] = register_model(fn)
-
-
-for _size, _patch, _res, _pmax, _n in [
-    ("micro", 8, 128, 32, 64),
-    ("micro", 4, 32, 16, 28),
-    ("nano", 4, 32, 16, 28),
-    ("tiny", 16, 256, 64, 100),
-    ("tiny", 16, 224, 32, 100),
-    ("small", 16, 256, 64, 100),
-    ("small", 16, 224, 32, 100),
-    ("small", 16, 384, 64, 144),
-    ("base", 16, 256, 64, 100),
-    ("base", 16, 224, 32, 100),
-    ("base", 16, 384, 64, 144),
-    ("large", 16, 256, 64, 100),
-    ("large", 16, 384, 64, 144),
-]:
-    _register(_size, _patch, _res, _pmax, _n)
+    if strict and missing:
+        raise ValueError(f"checkpoint lacks {len(missing)} model keys, e.g. {missing[:8]} (is it another "
+                         f"architecture?)")
+    return [k for k in filled if not k.startswith("scorer.")]

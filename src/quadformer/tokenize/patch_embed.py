@@ -1,4 +1,4 @@
-"""Patch embedding of resampled tokens with timm-compatible names (spec §9)."""
+"""Patch embedding of resampled tokens with timm-compatible names (``docs/design/mixed_resolution.md``)."""
 
 from __future__ import annotations
 

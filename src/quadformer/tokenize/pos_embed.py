@@ -1,4 +1,4 @@
-"""Position embeddings at real-valued token centres (spec §8)."""
+"""Position embeddings at real-valued token centres (``docs/design/mixed_resolution.md``)."""
 
 from __future__ import annotations
 
@@ -65,19 +65,6 @@ class LearnedGridPosEmbed(nn.Module):
             self.grid.expand(b, -1, -1, -1), coords, mode="bilinear", padding_mode="border", align_corners=False
         )
         return out.view(b, -1, n).transpose(1, 2)
-
-    def load_timm_pos_embed(self, pos_embed: Tensor, num_prefix_tokens: int = 1) -> Tensor | None:
-        """Load a timm ``pos_embed`` ``[1, P+G, D]``, resized as timm does; returns the
-        prefix (cls) vectors so the caller keeps them on cls."""
-        from timm.layers import resample_abs_pos_embed
-
-        gh, gw = self.grid_hw
-        resized = resample_abs_pos_embed(pos_embed, new_size=[gh, gw], num_prefix_tokens=num_prefix_tokens)
-        prefix = resized[:, :num_prefix_tokens] if num_prefix_tokens else None
-        grid = resized[:, num_prefix_tokens:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-        with torch.no_grad():
-            self.grid.copy_(grid)
-        return prefix
 
 
 def create_pos_embed(kind: str, dim: int, grid_hw: tuple[int, int]) -> nn.Module:

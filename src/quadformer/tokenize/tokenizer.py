@@ -1,7 +1,8 @@
-"""Tokenizers: image -> (tokens, boxes, meta) (spec §6, §8, §9).
+"""The tokenizer: image -> (tokens, boxes, meta), see ``docs/design/mixed_resolution.md``.
 
-:func:`mosaic` is the parameter-free part (score, select, resample) and is shared by
-:class:`Tokenizer` and the Quadformer model, which owns its embeddings under timm's names.
+:func:`mosaic` is the parameter-free part (score, select, resample);
+:class:`MosaicEmbedding` adds the embeddings and is the one path both :class:`Tokenizer`
+and the Quadformer model run (the model owns the embeddings under timm's names).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .geometry import QuadGeometry
 from .patch_embed import TokenPatchEmbed
 from .pos_embed import SinCosPosEmbed, create_pos_embed
 from .quadtree import cell_tables, select_tokens
-from .resample import RESAMPLE_MODES, Resample, check_images, gather_tokens, patchify
+from .resample import RESAMPLE_MODES, Resample, check_images, gather_pixels, gather_tokens
 from .scorers.base import PatchScorer
 
 
@@ -65,7 +66,7 @@ class PositionTable:
 
     Cells are discrete, so the sin-cos table is computed once per (geometry, device) and a
     learned grid is sampled at M cells instead of B*N tokens (and stays differentiable).
-    A plain object, not a module, so ``pos_embed`` appears once in the state dict."""
+    A plain object, not a module, so the embedding appears once in the state dict."""
 
     def __init__(self, pos_embed: nn.Module) -> None:
         self.pos_embed = pos_embed
@@ -83,11 +84,74 @@ class PositionTable:
         return table[index]
 
 
-class Tokenizer(nn.Module):
+class MosaicEmbedding:
+    """The one tokenizer path, shared by :class:`Tokenizer` and the Quadformer model.
+
+    The host module owns ``geometry``, ``scorer``, ``resample``, ``patch_embed``,
+    ``pos_grid`` (sin-cos or learned grid, read through ``pos_table``), ``cls_token`` and
+    ``cls_pos`` under the Quadformer's timm-compatible names; :meth:`embed_mosaic` is the
+    computation both run, so the tokenizer benchmark times exactly what the model runs."""
+
+    geometry: QuadGeometry
+    scorer: PatchScorer | None
+    resample: Resample
+    patch_embed: nn.Module
+    pos_table: PositionTable
+    cls_token: Tensor | None
+    cls_pos: Tensor | None
+
+    def init_mosaic(self, geometry: QuadGeometry, scorer: str | PatchScorer | None,
+                    scorer_kwargs: dict[str, Any] | None, pos_embed: str, resample: str) -> None:
+        """Set the parameter-free parts and the position embedding (``self`` is an
+        ``nn.Module`` already initialised); ``patch_embed`` and ``cls_token`` are the host's."""
+        if resample not in RESAMPLE_MODES:
+            raise ValueError(f"resample={resample!r} is not one of {RESAMPLE_MODES}")
+        self.geometry = geometry
+        self.resample = resample  # type: ignore[assignment]
+        self.pos_embed_type = pos_embed
+        d = self.patch_embed.proj.out_channels
+        self.pos_grid = create_pos_embed(pos_embed, d, (geometry.height // geometry.p_min,
+                                                        geometry.width // geometry.p_min))
+        prefix = 0 if self.cls_token is None else self.cls_token.shape[1]
+        learned = pos_embed == "learned_grid" and prefix
+        self.cls_pos = nn.Parameter(torch.zeros(1, prefix, d)) if learned else None
+        self.pos_table = PositionTable(self.pos_grid)
+        self.scorer_name = scorer if isinstance(scorer, str) else None
+        self.scorer_kwargs = dict(scorer_kwargs or {})
+        self.scorer = build_scorer(scorer, **self.scorer_kwargs)
+        if self.scorer is not None and not getattr(self.scorer, "trainable", False):
+            self.scorer.requires_grad_(False)
+
+    @property
+    def num_patches(self) -> int:
+        return self.geometry.num_patches
+
+    def set_num_patches(self, num_patches: int) -> None:
+        """Change the budget N (re-validated against the geometry); weights are unaffected."""
+        self.geometry = self.geometry.with_budget(num_patches)
+
+    def embed_mosaic(self, images: Tensor, **scorer_inputs: Any) -> tuple[Tensor, Tensor]:
+        """Images -> (embedded tokens incl. prefix ``[B, P+N, D]``, cell index ``[B, N]``):
+        score and select (no grad), resample, patch-embed, add positions, prepend cls."""
+        g = self.geometry
+        index = select(images, g, self.scorer, **scorer_inputs)
+        t = gather_pixels(images, index, g, self.resample, project=self.patch_embed)  # chunked on CPU
+        if getattr(self.scorer, "trainable", False):  # end-to-end scorer: straight-through gate
+            t = self.scorer.gate(t, index, g, images)
+        t = t + self.pos_table(index, g).to(t.dtype)
+        if self.cls_token is not None:
+            cls = self.cls_token if self.cls_pos is None else self.cls_token + self.cls_pos
+            t = torch.cat([cls.expand(t.shape[0], -1, -1).to(t.dtype), t], 1)
+        return t, index
+
+
+class Tokenizer(MosaicEmbedding, nn.Module):
     """Mixed-resolution tokenizer: ``forward(images) -> (tokens [B, P+N, D], boxes, meta)``.
 
-    Prefix tokens (cls) come first and get no position embedding; patches follow in
-    canonical order (side descending, then y, then x).
+    The Quadformer's own tokenizer without the transformer: the same
+    :meth:`~MosaicEmbedding.embed_mosaic` and the same state-dict names (``patch_embed.proj``,
+    ``pos_grid``, ``cls_token``, ``cls_pos``, ``scorer.*``). Prefix tokens (cls) come first;
+    patches follow in canonical order (side descending, then y, then x).
     """
 
     def __init__(
@@ -104,35 +168,18 @@ class Tokenizer(nn.Module):
         resample: Resample = "reference",
         class_token: bool = True,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-        self.geometry = QuadGeometry(h, w, p_min, p_max, num_patches)
-        if resample not in RESAMPLE_MODES:
-            raise ValueError(f"resample={resample!r} is not one of {RESAMPLE_MODES}")
-        self.resample = resample
-        self.scorer = build_scorer(scorer, **(scorer_kwargs or {}))
+        geometry = QuadGeometry(h, w, p_min, p_max, num_patches)
         self.patch_embed = TokenPatchEmbed(p_min, in_chans, embed_dim)
-        self.pos_embed = create_pos_embed(pos_embed, embed_dim, (h // p_min, w // p_min))
-        self.pos_table = PositionTable(self.pos_embed)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.num_prefix_tokens = int(class_token)
-
-    @property
-    def num_patches(self) -> int:
-        return self.geometry.num_patches
-
-    def set_num_patches(self, num_patches: int) -> None:
-        """Change the budget N (re-validated); weights are unaffected."""
-        self.geometry = self.geometry.with_budget(num_patches)
+        self.init_mosaic(geometry, scorer, scorer_kwargs, pos_embed, resample)
 
     def forward(self, images: Tensor, **scorer_inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
-        g = self.geometry
-        index = select(images, g, self.scorer, **scorer_inputs)
-        pixels, boxes, meta = gather_tokens(images, index, g, self.resample)
-        tokens = self.patch_embed(pixels) + self.pos_table(index, g).to(pixels.dtype)
-        if self.cls_token is not None:
-            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], 1)
-        return tokens, boxes, meta
+        tokens, index = self.embed_mosaic(images, **scorer_inputs)
+        tables = cell_tables(self.geometry, images.device)
+        return tokens, tables.boxes[index], tables.meta[index]
 
 
 def uniform_grid_for_budget(num_patches: int, img_size: tuple[int, int]) -> tuple[int, int]:
@@ -170,63 +217,3 @@ def downscale_image(images: Tensor, size: tuple[int, int], resample: str = "auto
     if resample == "antialias":
         return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
     raise ValueError(f"resample={resample!r} is not one of ('auto', 'reference', 'area', 'antialias')")
-
-
-class UniformTokenizer(nn.Module):
-    """Vanilla baseline at equal N: a uniform grid of p_min patches on the image down-scaled
-    to ``(gh*p_min, gw*p_min)``. ``meta`` holds cell centres ``(col+0.5, row+0.5, 0)`` in
-    token-grid units (the project uses centres everywhere); ``boxes`` are in input pixels."""
-
-    def __init__(
-        self,
-        img_size: int | tuple[int, int] = 256,
-        p_min: int = 16,
-        num_patches: int = 64,
-        embed_dim: int = 384,
-        in_chans: int = 3,
-        pos_embed: str = "sincos",
-        resample: str = "auto",
-        class_token: bool = True,
-        grid: tuple[int, int] | None = None,
-    ) -> None:
-        super().__init__()
-        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-        self.img_size = (h, w)
-        self.p_min = p_min
-        self.resample = resample
-        self.grid = grid or uniform_grid_for_budget(num_patches, (h, w))
-        if self.grid[0] * self.grid[1] != num_patches:
-            raise ValueError(f"grid {self.grid} does not hold num_patches={num_patches}")
-        self.patch_embed = TokenPatchEmbed(p_min, in_chans, embed_dim)
-        self.pos_embed = create_pos_embed(pos_embed, embed_dim, self.grid)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.num_prefix_tokens = int(class_token)
-        gh, gw = self.grid
-        rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-        meta = torch.stack([cols.flatten() + 0.5, rows.flatten() + 0.5, torch.zeros(gh * gw)], -1).float()
-        sy, sx = h / gh, w / gw
-        boxes = torch.stack(
-            [cols.flatten() * sx, rows.flatten() * sy, (cols.flatten() + 1) * sx, (rows.flatten() + 1) * sy], -1
-        ).round().long()
-        self.register_buffer("meta", meta, persistent=False)
-        self.register_buffer("boxes", boxes, persistent=False)
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    def pixels(self, images: Tensor) -> Tensor:
-        if tuple(images.shape[-2:]) != self.img_size:
-            raise ValueError(f"images of shape {tuple(images.shape)} do not match img_size {self.img_size}")
-        gh, gw = self.grid
-        small = downscale_image(images, (gh * self.p_min, gw * self.p_min), self.resample)
-        return patchify(small, self.p_min)
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        pixels = self.pixels(images)
-        b = pixels.shape[0]
-        meta = self.meta.expand(b, -1, -1)
-        tokens = self.patch_embed(pixels) + self.pos_embed(meta).to(pixels.dtype)
-        if self.cls_token is not None:
-            tokens = torch.cat([self.cls_token.expand(b, -1, -1).to(tokens.dtype), tokens], 1)
-        return tokens, self.boxes.expand(b, -1, -1), meta
