@@ -49,18 +49,18 @@ def test_bootstrap_interval_and_paired_contrast():
 
 
 def _rows(seed: int = 0) -> list[dict]:
-    """A synthetic population where transfer follows A1 beyond accuracy."""
+    """A synthetic population where transfer follows A1 beyond accuracy (scores in percent)."""
     rng = np.random.default_rng(seed)
     rows = []
     for cond in ("sup", "sup_kd", "ssl", "ssl_sup", "ssl_sup_kd"):
         for s in range(5):
-            acc = rng.uniform(0.5, 0.8)
+            acc = rng.uniform(50, 80)
             a1 = rng.uniform(0.1, 0.5) + (0.2 if cond.startswith("ssl") else 0.0)
             r = {"arch": "vit", "condition": cond, "seed": s, "up_lp": acc, "up_acc": acc, "W1": rng.uniform(),
                  "W2": rng.uniform(), "A1": a1, "A2": rng.uniform(), "A3": rng.uniform(),
                  "multilabel_tasks": ["scenes"]}
             for t in ("digits", "patches", "hue", "scenes"):
-                r[f"T_{t}"] = float(np.clip(0.3 * acc + 0.8 * a1 + rng.normal(0, 0.02), 0, 1))
+                r[f"T_{t}"] = float(np.clip(0.3 * acc + 80 * a1 + rng.normal(0, 2), 0, 100))
             rows.append(r)
     return rows
 
@@ -100,8 +100,8 @@ def test_pooled_report_pairs_within_architecture_and_plots_gmacs(tmp_path):
 
 
 def test_aggregates_are_logit_means():
-    rows = [{"condition": "sup", "seed": 0, "T_a": 0.5, "T_b": 0.5, "multilabel_tasks": []},
-            {"condition": "ssl", "seed": 0, "T_a": 0.9, "T_b": 0.1, "multilabel_tasks": ["b"]}]
+    rows = [{"condition": "sup", "seed": 0, "T_a": 50.0, "T_b": 50.0, "multilabel_tasks": []},
+            {"condition": "ssl", "seed": 0, "T_a": 90.0, "T_b": 10.0, "multilabel_tasks": ["b"]}]
     add_aggregates(rows)
     assert rows[0]["T_agg"] == pytest.approx(0.0) and rows[1]["T_agg"] == pytest.approx(0.0)
     assert rows[1]["T_single"] == pytest.approx(np.log(9))
@@ -119,7 +119,7 @@ def test_tiny_study_end_to_end(tmp_path):
     rows = study.run()
     assert [r["condition"] for r in rows] == ["rand", "sup", "ssl", "ssl_sup", "traj1", "traj2"]
     assert rows[-1]["step"] == 2 and rows[-2]["step"] == 1  # 2 steps of 64 images, snapshots at both
-    assert all(0 <= r["T_sk-digits"] <= 1 and r["A1"] > 0 for r in rows)
+    assert all(0 <= r["T_sk-digits"] <= 100 and r["A1"] > 0 for r in rows)
     again = Study(sc, tmp_path).run()  # everything cached: same numbers
     assert json.dumps(again, sort_keys=True) == json.dumps(rows, sort_keys=True)
 

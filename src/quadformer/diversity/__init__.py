@@ -1,4 +1,4 @@
-"""Diversity of what a network learned (spec §2): filter metrics W1/W2, activation metrics
+"""Diversity of what a network learned (docs/design/diverse_transfer.md §2): filter metrics W1/W2, activation metrics
 A1/A2/A3, per layer, model means and Δ vs init.
 
     from quadformer.diversity import measure_diversity, fresh_init
@@ -6,7 +6,6 @@ A1/A2/A3, per layer, model means and Δ vs init.
 """
 
 from .layers import activation_taps, classifier_modules, filter_layers, filter_modules, is_vit
-from ..models.loading import LoadedModel, load_model
 from .measure import (
     ProbeFeatures,
     activation_diversity,
@@ -39,7 +38,6 @@ from .report import (
 
 __all__ = [
     "activation_taps", "classifier_modules", "filter_layers", "filter_modules", "is_vit",
-    "LoadedModel", "load_model",
     "ProbeFeatures", "activation_diversity", "collect_features", "feature_dim", "probe_indices",
     "recommended_num_images",
     "channel_correlation", "erank", "feature_erank", "filter_cosine_diversity", "filter_erank", "layer_erank",

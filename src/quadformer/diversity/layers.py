@@ -26,27 +26,15 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def classifier_modules(model: nn.Module) -> list[nn.Module]:
-    """The classifier head(s): ``model.get_classifier()`` (timm; tuples such as DeiT's
-    ``(head, head_dist)`` included), else the ``pretrained_cfg['classifier']`` module(s),
-    else a ``Linear`` attribute named ``fc``, ``head`` or ``classifier``."""
-    heads: list = []
+    """The classifier head: the modules holding :func:`quadformer.models.factory.classifier_keys`
+    (timm's ``get_classifier()``); for a plain module without ``get_classifier``, a ``Linear``
+    attribute named ``fc``, ``head`` or ``classifier``."""
+    from ..models.factory import classifier_keys
+
     if hasattr(model, "get_classifier"):
-        try:
-            c = model.get_classifier()
-        except Exception:  # noqa: BLE001  (models whose head is not built)
-            c = None
-        heads = list(c) if isinstance(c, (tuple, list)) else [c]
-    else:
-        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-        names = cfg.get("classifier") if isinstance(cfg, dict) else None
-        for n in ([names] if isinstance(names, str) else list(names or [])):
-            try:
-                heads.append(model.get_submodule(n))
-            except AttributeError:
-                pass
-        if not heads:
-            heads = [m for a in ("fc", "head", "classifier") if isinstance(m := getattr(model, a, None), nn.Linear)]
-    return [h for h in heads if isinstance(h, nn.Module)]
+        names = sorted({k.rsplit(".", 1)[0] for k in classifier_keys(model)})
+        return [model.get_submodule(n) for n in names]
+    return [m for a in ("fc", "head", "classifier") if isinstance(m := getattr(model, a, None), nn.Linear)]
 
 
 def is_vit(model: nn.Module) -> bool:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from ..models.inference import forward_pre_logits, has_pre_logits, model_device, pre_logits
 from ..utils.errors import QuadformerError
 from . import metrics as M
 from .layers import activation_taps, is_vit, tap_channels
@@ -51,8 +52,7 @@ def feature_dim(model: nn.Module, example: Tensor) -> int:
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
-            x = example[None].to(_model_device(model))
-            return int(model.forward_head(model.forward_features(x), pre_logits=True).reshape(1, -1).shape[1])
+            return int(pre_logits(model, example[None].to(model_device(model))).shape[1])
     finally:
         model.train(was_training)
 
@@ -132,14 +132,6 @@ def _batches(data: Any, num_images: int, batch_size: int, seed: int,
     return gen_ds(), idx, "dataset"
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
 class _TapRecorder:
     """Forward hooks turning tap outputs into A2 rows as they come (bounded memory)."""
 
@@ -208,12 +200,12 @@ def collect_features(model: nn.Module, data: Any, num_images: int = 2000, batch_
     """One eval-mode, no-grad pass over the probe set. ``device``: moves ``model`` there
     (default: where its parameters are). ``seed`` draws the probe subset and seeds torch's RNG
     for the pass (random scorers), without touching the caller's RNG state."""
-    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+    if not has_pre_logits(model):
         raise QuadformerError(f"{type(model).__name__} has no forward_features/forward_head; activation diversity "
                               f"needs a timm-style model")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     model.to(dev)
     batches, idx, source = _batches(data, num_images, batch_size, seed, list(indices) if indices is not None else None)
     n = len(idx)
@@ -231,9 +223,8 @@ def collect_features(model: nn.Module, data: Any, num_images: int = 2000, batch_
         with torch.random.fork_rng(devices=fork), torch.inference_mode():
             torch.manual_seed(seed)
             for x in batches:
-                f = model.forward_features(x.to(dev))
-                z = model.forward_head(f, pre_logits=True)
-                zs.append(z.reshape(z.shape[0], -1).to("cpu", torch.float64))
+                f, z = forward_pre_logits(model, x.to(dev))
+                zs.append(z.to("cpu", torch.float64))
                 if is_vit(model) and f.dim() == 3:
                     zm.append(f[:, prefix:].mean(1).to("cpu", torch.float64))
     finally:

@@ -8,9 +8,6 @@ and for the unweighted model means.
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -18,6 +15,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ..utils import io
 from . import metrics as M
 from .layers import filter_layers
 from .measure import activation_diversity
@@ -153,39 +151,18 @@ def per_layer_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 def write_json(result: dict[str, Any], path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``extra`` then ``result`` as one JSON document (atomic; NaN/inf as null)."""
     doc = dict(extra or {})
     doc.update(result)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(doc), indent=2))
-    tmp.replace(path)
-    return path
+    return io.write_json(path, doc)
 
 
 def write_csv(result: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = per_layer_rows(result)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["kind", "layer", "metric", "value", "init", "delta", "shape"])
-        wr.writeheader()
-        for r in rows:
-            wr.writerow({k: (f"{v:.8g}" if isinstance(v, float) else ("" if v is None else v)) for k, v in r.items()})
-    tmp.replace(path)
-    return path
+    """:func:`per_layer_rows` as CSV (atomic), floats with 8 significant digits."""
+    rows = [{k: (f"{v:.8g}" if isinstance(v, float) else ("" if v is None else v)) for k, v in r.items()}
+            for r in per_layer_rows(result)]
+    return io.write_csv(path, rows, ["kind", "layer", "metric", "value", "init", "delta", "shape"])
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Statistics of the diversity-transfer study (spec: diverse_transfer §5).
+"""Statistics of the diversity-transfer study (docs/design/diverse_transfer.md §5).
 
 Population = architecture x scheme x seed. T = transfer (per task and aggregated),
 A = upstream linear-probe accuracy, D = a diversity metric. All functions take plain
@@ -65,29 +65,30 @@ def regression(t: np.ndarray, a: np.ndarray, d: np.ndarray, fixed_effects: Seque
             "r2_A_D": r2_ad, "delta_r2": r2_ad - r2_a}
 
 
-def bootstrap(fn: Callable[[np.ndarray], float], n: int, resamples: int = 2000, seed: int = 0,
-              groups: Sequence[Any] | None = None) -> tuple[float, float, np.ndarray]:
-    """95 % percentile interval of ``fn(indices)`` over resamples of the ``n`` models
-    (or, with ``groups``, of models within each group: seeds within a condition)."""
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        draws = [rng.integers(0, n, n) for _ in range(resamples)]
-    else:
-        by: dict[Any, np.ndarray] = {}
-        for i, g in enumerate(groups):
-            by.setdefault(g, []).append(i)  # type: ignore[attr-defined]
-        idx = {g: np.asarray(v) for g, v in by.items()}
-        draws = [np.concatenate([v[rng.integers(0, len(v), len(v))] for v in idx.values()]) for _ in range(resamples)]
-    vals = np.array([fn(ix) for ix in draws], dtype=np.float64)
+def bootstrap(fn: Callable[[np.ndarray], float], n: int, resamples: int = 2000,
+              seed: int = 0) -> tuple[float, float, np.ndarray]:
+    """95 % percentile interval of ``fn(indices)`` over ``resamples`` resamples (with
+    replacement) of the ``n`` models: ``scipy.stats.bootstrap(method="percentile")`` on the
+    indices, drawn by ``numpy.random.default_rng(seed)``. Resamples where ``fn`` is not finite
+    (e.g. a degenerate draw with no spread) are left out of the interval."""
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    res = stats.bootstrap((np.arange(n),), lambda ix: fn(np.asarray(ix, dtype=np.int64)), n_resamples=resamples,
+                          method="percentile", vectorized=False, confidence_level=0.95,
+                          random_state=np.random.default_rng(seed))
+    vals = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+    if np.all(np.isfinite(vals)):
+        return float(res.confidence_interval.low), float(res.confidence_interval.high), vals
     vals = vals[np.isfinite(vals)]
     if len(vals) == 0:
         return float("nan"), float("nan"), vals
-    lo, hi = np.percentile(vals, [2.5, 97.5])
+    lo, hi = np.percentile(vals, [2.5, 97.5])  # what scipy's percentile method computes, on the finite draws
     return float(lo), float(hi), vals
 
 
 def paired_contrast(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
-    """Mean, min, max and sign count of a - b over the seeds both have."""
+    """Mean, min, max and sign count of a - b over the seeds both have, and the 95 % t-interval
+    of the mean difference (``scipy.stats.t.interval``)."""
     seeds = sorted(set(a) & set(b))
     diff = np.array([a[s] - b[s] for s in seeds], dtype=np.float64)
     if len(diff) == 0:
@@ -95,8 +96,9 @@ def paired_contrast(a: dict[int, float], b: dict[int, float]) -> dict[str, float
     out = {"n": len(diff), "mean": float(diff.mean()), "min": float(diff.min()), "max": float(diff.max()),
            "positive": int((diff > 0).sum())}
     if len(diff) > 1:
-        half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
-        out.update(ci_low=float(diff.mean() - half), ci_high=float(diff.mean() + half))
+        sem = stats.sem(diff)
+        lo, hi = stats.t.interval(0.95, len(diff) - 1, loc=diff.mean(), scale=sem) if sem > 0 else (diff.mean(),) * 2
+        out.update(ci_low=float(lo), ci_high=float(hi))
     return out
 
 

@@ -1,9 +1,9 @@
-"""The diversity-transfer study (spec: diverse_transfer §1, §5), top to bottom.
+"""The diversity-transfer study (docs/design/diverse_transfer.md §1, §5), top to bottom.
 
 1. Train a KD teacher (a wider supervised model) once.
 2. For every seed: train each scheme on the built-in upstream task (the SSL run is shared as
    stage A of the two-stage schemes), plus the untrained init as a reference.
-3. Measure every model: upstream head accuracy, upstream linear-probe accuracy (A),
+3. Measure every model (scores in percent): upstream head accuracy, upstream linear-probe accuracy (A),
    diversity (W1, W2, A1, A2, A3 and their change from init) and linear-probe transfer (T)
    on the built-in downstream suite.
 4. Analyse (:mod:`quadformer.study.analysis`) and write the report (:mod:`quadformer.study.report`).
@@ -24,6 +24,8 @@ from typing import Any
 import torch
 
 from ..utils.errors import QuadformerError
+from ..utils.io import write_json
+from ..utils.metrics import accuracy_topk
 
 log = logging.getLogger("quadformer.study")
 
@@ -112,7 +114,7 @@ class Study:
 
     def teacher(self) -> Path:
         """A wider supervised model on the upstream task, trained once for all seeds."""
-        from ..train.schemes import run_scheme
+        from ..train import run_scheme
 
         out = self.out / "runs" / "teacher"
         kw = "{" + ", ".join(f"{k}: {v}" for k, v in TEACHER_KWARGS.items()) + "}"
@@ -123,7 +125,7 @@ class Study:
         return out / "model.safetensors"
 
     def train_condition(self, cond: str, seed: int, teacher: Path | None) -> Path:
-        from ..train.schemes import SchemeOptions, run_scheme
+        from ..train import SchemeOptions, run_scheme
 
         out = self.runs / f"seed{seed}" / cond
         ssl_dir = self.runs / f"seed{seed}" / "ssl"
@@ -148,17 +150,14 @@ class Study:
         path = self.measure_dir / f"{cond}_seed{seed}.json"
         if path.is_file():
             return json.loads(path.read_text())
-        from ..diversity.report import fresh_init, measure_diversity
+        from ..diversity import fresh_init, measure_diversity
+        from ..models.factory import model_gmacs
         from ..models.loading import load_model
-        from ..transfer.features import DataRef, build_eval_dataset, get_features
-        from ..transfer.probes import linear_probe
-        from ..transfer.tasks import builtin_tasks
+        from ..train import build_model
+        from ..transfer import DataRef, build_eval_dataset, builtin_tasks, get_features, linear_probe
 
         t0 = time.perf_counter()
-        arch = ARCHS[self.sc.arch]
-        init_spec = arch["name"]
-        from ..train.engine import build_model
-
+        init_spec = ARCHS[self.sc.arch]["name"]
         cfg = self.config(seed)
         init_model = fresh_init(lambda: build_model(cfg, self._upstream_classes()), seed).eval()
         if weights is None:  # the untrained reference: the init of this seed's runs
@@ -197,12 +196,9 @@ class Study:
             row[f"T_{task.name}"] = res.score
             if a.multilabel:
                 row.setdefault("multilabel_tasks", []).append(task.name)
-        from ..train.engine import model_gmacs
-
         row["gmacs"] = model_gmacs(model, self.sc.image_size)[0]
         row["seconds"] = time.perf_counter() - t0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(row, indent=2, default=float))
+        write_json(path, row)
         return row
 
     def _upstream_classes(self) -> int:
@@ -213,18 +209,14 @@ class Study:
         return self._n_up
 
     def _head_accuracy(self, model: torch.nn.Module, ref) -> float | None:
-        from ..transfer.features import build_eval_dataset
+        """Top-1 (percent) of the model's own head on the upstream test split."""
+        from ..models.inference import predict
+        from ..transfer import build_eval_dataset
 
         if getattr(model, "num_classes", 0) != self._upstream_classes():
             return None
-        ds = build_eval_dataset(ref)
-        loader = torch.utils.data.DataLoader(ds, batch_size=256)
-        correct = total = 0
-        with torch.no_grad():
-            for x, y in loader:
-                correct += int((model(x).argmax(-1) == y).sum())
-                total += len(y)
-        return correct / max(1, total)
+        logits, ys = predict(model, build_eval_dataset(ref), batch_size=256)
+        return accuracy_topk(logits, torch.cat([torch.as_tensor(y) for y in ys]), ks=(1,))[1]
 
     def compute_seconds(self) -> dict[str, float]:
         """Summed epoch wall time of every training run, by condition (stage A counted under ``ssl``,
@@ -253,7 +245,7 @@ class Study:
         if self.sc.num_threads:
             torch.set_num_threads(self.sc.num_threads)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / f"study_{self.sc.arch}.json").write_text(json.dumps(asdict(self.sc), indent=2))
+        write_json(self.out / f"study_{self.sc.arch}.json", asdict(self.sc))
         needs_teacher = any(CONDITIONS[c].endswith("-kd") for c in self.sc.conditions)
         teacher = None
         if needs_teacher:

@@ -1,6 +1,6 @@
-"""Transfer evaluation (spec diverse_transfer.md §3): frozen-feature probes (linear, kNN,
+"""Transfer evaluation (docs/design/diverse_transfer.md §3): frozen-feature probes (linear, kNN,
 few-shot), fine-tuning / LP-FT through the training engine, task lists and across-task
-aggregates. Scores are fractions in [0, 1].
+aggregates. Scores are in percent.
 
 Library use takes an ``nn.Module`` plus a digest string (keys the feature cache)::
 
@@ -22,9 +22,8 @@ from .features import (
     get_features,
     model_preprocessing,
 )
-from .finetune import LR_GRIDS, finetune, head_from_probe, predict_logits
+from .finetune import LR_GRIDS, FinetuneOptions, finetune, head_from_probe, predict_logits
 from .metrics import (
-    average_precision,
     map_voc11,
     mean_average_precision,
     mean_per_class_accuracy,
@@ -41,24 +40,26 @@ from .probes import (
     fewshot_draws,
     fewshot_probe,
     fit_linear,
+    grid_search,
     knn_probe,
     knn_scores,
     linear_probe,
+    select_best,
     t_interval,
     validation_split,
 )
 from .runner import PROTOCOLS, ModelRef, ProtocolOptions, evaluate_task
-from .tasks import TASK_KEYS, Task, builtin_tasks, load_tasks
+from .tasks import TASK_KEYS, Task, builtin_tasks, check_label_spaces, load_tasks
 
 __all__ = [
     "HEADLINE", "aggregate", "write_aggregate_csv",
     "FEATURE_VERSION", "DataRef", "FeatureSet", "build_eval_dataset", "dataset_targets", "extract_features",
     "feature_cache_key", "get_features", "model_preprocessing",
-    "LR_GRIDS", "finetune", "head_from_probe", "predict_logits",
-    "average_precision", "map_voc11", "mean_average_precision", "mean_per_class_accuracy", "multi_label_metrics",
+    "LR_GRIDS", "FinetuneOptions", "finetune", "head_from_probe", "predict_logits",
+    "map_voc11", "mean_average_precision", "mean_per_class_accuracy", "multi_label_metrics",
     "single_label_metrics", "threshold_metrics", "top1",
     "C_GRIDS", "LinearProbe", "ProbeResult", "Standardiser", "fewshot_draws", "fewshot_probe", "fit_linear",
-    "knn_probe", "knn_scores", "linear_probe", "t_interval", "validation_split",
+    "grid_search", "knn_probe", "knn_scores", "linear_probe", "select_best", "t_interval", "validation_split",
     "PROTOCOLS", "ModelRef", "ProtocolOptions", "evaluate_task",
-    "TASK_KEYS", "Task", "builtin_tasks", "load_tasks",
+    "TASK_KEYS", "Task", "builtin_tasks", "check_label_spaces", "load_tasks",
 ]

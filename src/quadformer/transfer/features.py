@@ -1,4 +1,4 @@
-"""Frozen features (spec §3): eval mode, no augmentation, no gradient, batched, cached on disk.
+"""Frozen features (docs/design: transfer protocol): eval mode, no augmentation, no gradient, batched, cached on disk.
 
 The cache key is a SHA-256 over (model digest, representation name, preprocessing (image size,
 mean, std), dataset spec, split, size, seed, :data:`FEATURE_VERSION`, and for built-in data the
@@ -30,10 +30,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..data.builtin import IMAGENET_MEAN, IMAGENET_STD
-from ..utils.io import atomic_write
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
+
+from ..models.inference import pre_logits, predict
+from ..utils.io import atomic_write, write_json
 
 __all__ = [
     "FEATURE_VERSION",
@@ -109,7 +112,7 @@ def build_eval_dataset(ref: DataRef) -> Dataset:
 
         if arg not in list_tasks():
             try:  # the offline suite's tasks (spec §6), also reachable through build_dataset
-                from ..data.suite import build_suite_dataset, is_suite_task
+                from ..data import build_suite_dataset, is_suite_task
             except ImportError:
                 pass
             else:
@@ -151,9 +154,7 @@ def represent(model: nn.Module, x: torch.Tensor, representation: str | Callable 
     if callable(representation):
         return representation(model, x)
     if representation == "pre_logits":
-        if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-            return model.forward_head(model.forward_features(x), pre_logits=True)
-        return model(x)
+        return pre_logits(model, x)
     if representation == "token_mean":
         f = model.forward_features(x)
         if f.ndim == 3:
@@ -165,32 +166,16 @@ def represent(model: nn.Module, x: torch.Tensor, representation: str | Callable 
     raise ValueError(f"unknown representation {representation!r}; use pre_logits, token_mean or a callable")
 
 
-@torch.no_grad()
 def extract_features(model: nn.Module, dataset: Dataset, *, representation: str | Callable = "pre_logits",
                      batch_size: int = 256, device: str | torch.device = "cpu", progress: bool = False,
                      desc: str = "features") -> np.ndarray:
-    """Features ``[N, D]`` float32 of every item, in order (eval mode, no grad, batched).
-    The model's train/eval mode is restored afterwards."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    it: Any = loader
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-    out = []
-    try:
-        for batch in it:
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            f = represent(model, x.to(device), representation)
-            out.append(f.float().reshape(f.shape[0], -1).cpu().numpy())
-    finally:
-        model.train(was_training)
-    if not out:
+    """Features ``[N, D]`` float32 of every item, in order (eval mode, no grad, batched;
+    :func:`quadformer.models.inference.predict`)."""
+    out, _ = predict(model, dataset, lambda m, x: represent(m, x, representation), batch_size=batch_size,
+                     device=device, progress=progress, desc=desc)
+    if out.numel() == 0:
         return np.zeros((0, 0), np.float32)
-    return np.concatenate(out).astype(np.float32, copy=False)
+    return out.reshape(out.shape[0], -1).numpy().astype(np.float32, copy=False)
 
 
 def feature_cache_key(digest: str, representation: str, ref: DataRef | dict | str) -> tuple[str, dict]:
@@ -207,10 +192,10 @@ def feature_cache_key(digest: str, representation: str, ref: DataRef | dict | st
 
 def _builtin_version() -> str:
     """Versions of the procedural generators: a new rendering is a new cache key."""
-    from ..data.builtin import GENERATOR_VERSION
+    from ..data import GENERATOR_VERSION
 
     try:
-        from ..data.suite import SUITE_VERSION  # type: ignore[import-not-found]
+        from ..data import SUITE_VERSION  # type: ignore[import-not-found]
     except ImportError:
         SUITE_VERSION = 0
     return f"builtin{GENERATOR_VERSION}-suite{SUITE_VERSION}"
@@ -253,5 +238,5 @@ def get_features(model: nn.Module, digest: str, ref: DataRef, *, cache_dir: str 
     if path is not None:
         meta = {"multilabel": multilabel, "num_classes": n_cls, "class_names": names, **material}
         _atomic_savez(path, features=feats, targets=targets, meta=np.array(json.dumps(meta)))
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        write_json(path.with_suffix(".json"), meta)
     return fs

@@ -32,11 +32,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..utils.io import jsonable
 from .metrics import headline_key, multi_label_metrics, single_label_metrics
 
 __all__ = [
     "C_GRIDS",
     "resolve_grid",
+    "select_best",
+    "grid_search",
     "Standardiser",
     "validation_split",
     "LinearProbe",
@@ -77,18 +80,19 @@ def resolve_grid(grid: str | Sequence[float]) -> tuple[float, ...]:
 
 @dataclass
 class Standardiser:
-    """Per-feature ``(x - mean) / scale`` with train statistics (constant features: scale 1)."""
+    """Per-feature ``(x - mean) / scale`` with train statistics: ``sklearn.preprocessing.StandardScaler``
+    (population sd; a constant feature gets scale 1). ``mean``/``scale`` are kept so a probe can
+    be folded back into raw feature space (:meth:`LinearProbe.raw_space`)."""
 
     mean: np.ndarray
     scale: np.ndarray
 
     @classmethod
     def fit(cls, x: np.ndarray) -> "Standardiser":
-        x = np.asarray(x, dtype=np.float64)
-        mean = x.mean(0)
-        scale = x.std(0)
-        scale[scale < 1e-8] = 1.0
-        return cls(mean, scale)
+        from sklearn.preprocessing import StandardScaler
+
+        sc = StandardScaler().fit(np.asarray(x, dtype=np.float64))
+        return cls(sc.mean_, sc.scale_)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
@@ -118,18 +122,24 @@ def validation_split(y: np.ndarray, val_frac: float = 0.25, seed: int = 0) -> tu
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
-    """Mean, sd (ddof 1) and the two-sided t confidence interval of the mean."""
+    """Mean, sd (ddof 1) and the two-sided t confidence interval of the mean
+    (``scipy.stats.t.interval`` with the standard error ``scipy.stats.sem``); one value: a
+    zero-width interval."""
     from scipy import stats
 
     v = np.asarray(values, dtype=np.float64)
     n = len(v)
     mean = float(v.mean()) if n else float("nan")
-    sd = float(v.std(ddof=1)) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else 0.0
-    return {"mean": mean, "sd": sd, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+    if n < 2:
+        return {"mean": mean, "sd": 0.0, "ci_low": mean, "ci_high": mean, "n": n}
+    sd = float(v.std(ddof=1))
+    if sd == 0:
+        return {"mean": mean, "sd": 0.0, "ci_low": mean, "ci_high": mean, "n": n}
+    lo, hi = stats.t.interval(level, n - 1, loc=mean, scale=stats.sem(v))
+    return {"mean": mean, "sd": sd, "ci_low": float(lo), "ci_high": float(hi), "n": n}
 
 
-def _select(scores: dict[float, float]) -> float:
+def select_best(scores: dict[float, float]) -> float:
     """The key with the highest score; ties -> the smallest key."""
     best_key, best = None, -math.inf
     for key in sorted(scores):
@@ -313,9 +323,10 @@ class _Fitter:
 
 
 def _task_metrics(y: np.ndarray, scores: np.ndarray, multilabel: bool, class_names: list[str] | None,
-                  probs: np.ndarray | None = None) -> dict[str, Any]:
+                  probs: np.ndarray | None = None, train_y: np.ndarray | None = None) -> dict[str, Any]:
+    """Test metrics; multi-label classes without a positive in ``train_y`` are left out of mAP."""
     if multilabel:
-        return multi_label_metrics(y, scores, probs, class_names)
+        return multi_label_metrics(y, scores, probs, class_names, train_targets=train_y)
     return single_label_metrics(y, scores)
 
 
@@ -334,7 +345,7 @@ def fit_linear(x: np.ndarray, y: np.ndarray, C: float, *, multilabel: bool = Fal
     return LinearProbe(st, coef, intercept, multilabel, nc, C, ok)
 
 
-def _grid_search(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...], multilabel: bool, nc: int,
+def grid_search(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...], multilabel: bool, nc: int,
                  val_frac: float, seed: int, max_iter: int,
                  solver: str = "lbfgs") -> tuple[float, dict[float, float], list[float]]:
     """C picked on a validation split of (x, y): ``(best C, {C: val score}, not-converged Cs)``."""
@@ -348,12 +359,12 @@ def _grid_search(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...], multilab
         coef, intercept, _ = fitter.fit(C)
         logits = xva @ coef.T + intercept
         scores[C] = float(_task_metrics(y[va], logits, multilabel, None)[key])
-    return _select(scores), scores, fitter.not_converged
+    return select_best(scores), scores, fitter.not_converged
 
 
 @dataclass
 class ProbeResult:
-    """What a probe reports. ``metrics`` are on the test set (fractions in [0, 1]); ``score`` is
+    """What a probe reports. ``metrics`` are on the test set (percent); ``score`` is
     the headline (top-1, or mAP for multi-label)."""
 
     protocol: str
@@ -367,21 +378,7 @@ class ProbeResult:
     probe: LinearProbe | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable({f.name: getattr(self, f.name) for f in fields(self) if f.name != "probe"})
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
+        return jsonable({f.name: getattr(self, f.name) for f in fields(self) if f.name != "probe"})
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
@@ -396,13 +393,13 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     test_x = np.asarray(test_x, dtype=np.float64)
     nc = _num_classes(np.asarray(train_y), multilabel, num_classes)
     cs = resolve_grid(grid)
-    best, val_scores, nc_val = _grid_search(train_x, np.asarray(train_y), cs, multilabel, nc, val_frac, seed, max_iter,
+    best, val_scores, nc_val = grid_search(train_x, np.asarray(train_y), cs, multilabel, nc, val_frac, seed, max_iter,
                                             solver)
     probe = fit_linear(train_x, np.asarray(train_y), best, multilabel=multilabel, num_classes=nc, max_iter=max_iter,
                        solver=solver)
     logits = probe.decision(test_x)
     probs = probe.probabilities(test_x) if multilabel else None
-    metrics = _task_metrics(np.asarray(test_y), logits, multilabel, class_names, probs)
+    metrics = _task_metrics(np.asarray(test_y), logits, multilabel, class_names, probs, np.asarray(train_y))
     notes = []
     bad = sorted(set(nc_val + ([best] if not probe.converged else [])))
     if bad:
@@ -471,15 +468,15 @@ def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
                               temperature=temperature)
     cap_val = {int(k): max(1, min(int(k), len(tr))) for k in ks}
     val_scores = {k: float(_task_metrics(train_y[va], val_scores_k[cap_val[k]], multilabel, None)[key]) for k in ks}
-    best_k = int(_select({float(k): v for k, v in val_scores.items()}))
+    best_k = int(select_best({float(k): v for k, v in val_scores.items()}))
     test_k = knn_scores(train_x, train_y, test_x, ks, multilabel=multilabel, num_classes=nc, temperature=temperature)
     cap = {int(k): max(1, min(int(k), len(train_x))) for k in ks}
     per_k = {}
     for k in ks:
-        m = _task_metrics(test_y, test_k[cap[k]], multilabel, class_names)
+        m = _task_metrics(test_y, test_k[cap[k]], multilabel, class_names, train_y=train_y)
         per_k[str(k)] = {"k_used": cap[k], **({key: m[key], "map_voc11": m["map_voc11"]} if multilabel
                                               else m)}
-    metrics = dict(_task_metrics(test_y, test_k[cap[best_k]], multilabel, class_names))
+    metrics = dict(_task_metrics(test_y, test_k[cap[best_k]], multilabel, class_names, train_y=train_y))
     metrics["per_k"] = per_k
     sel = {"k": best_k, "k_used": cap[best_k], "ks": [int(k) for k in ks],
            "val_scores": {str(k): v for k, v in val_scores.items()}, "val_metric": key,
@@ -537,7 +534,7 @@ def fewshot_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
             x, y = np.asarray(train_x, dtype=np.float64)[idx], train_y[idx]
             c = float(C)
             if k >= nested_min_shots and len(cs) > 1:
-                c, _, bad = _grid_search(x, y, cs, False, nc, 0.2, seed, max_iter)
+                c, _, bad = grid_search(x, y, cs, False, nc, 0.2, seed, max_iter)
                 nonconv += len(bad)
             probe = fit_linear(x, y, c, num_classes=nc, max_iter=max_iter)
             nonconv += 0 if probe.converged else 1

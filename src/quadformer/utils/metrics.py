@@ -1,7 +1,9 @@
 """The one definition of each score the project reports. **Unit: percent** (0-100) everywhere.
 
-* :func:`accuracy_topk` / :func:`topk_correct`: top-k accuracy (timm's ``accuracy``; k is clipped
-  to the number of classes).
+* :func:`accuracy_topk` / :func:`topk_correct`: top-k accuracy (k clipped to the number of
+  classes, as timm's ``accuracy``; tied logits rank by class index, so top-1 = first argmax).
+* :func:`mean_per_class_accuracy`: mean recall over the classes present in the targets
+  (``sklearn.metrics.balanced_accuracy_score``).
 * :func:`mean_average_precision`: macro non-interpolated mAP, per class
   ``sklearn.metrics.average_precision_score`` (tied scores are one threshold). A class without a
   positive in ``targets`` has no AP: it is *dropped and listed*, never counted as 0 or 1.
@@ -24,6 +26,7 @@ import numpy as np
 __all__ = [
     "accuracy_topk",
     "topk_correct",
+    "mean_per_class_accuracy",
     "average_precision_per_class",
     "mean_average_precision",
     "voc11_per_class",
@@ -49,7 +52,8 @@ def topk_correct(logits: Any, targets: Any, ks: Sequence[int] = (1, 5)) -> dict[
         raise ValueError(f"accuracy needs [N, C] logits and [N] targets, got {tuple(logits.shape)} "
                          f"and {tuple(targets.shape)}")
     maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1, largest=True, sorted=True).indices
+    # a stable sort: tied logits rank by class index, so top-1 is argmax's first maximum
+    pred = torch.argsort(logits, dim=1, descending=True, stable=True)[:, :maxk]
     hit = pred == targets[:, None]
     return {k: int(hit[:, :min(k, maxk)].any(dim=1).sum().item()) for k in ks}
 
@@ -59,6 +63,21 @@ def accuracy_topk(logits: Any, targets: Any, ks: Sequence[int] = (1, 5)) -> dict
     n = int(np.prod(np.shape(targets)))
     counts = topk_correct(logits, targets, ks)
     return {k: (100.0 * c / n if n else float("nan")) for k, c in counts.items()}
+
+
+def mean_per_class_accuracy(scores: Any, targets: Any) -> float:
+    """Mean recall (percent) over the classes present in ``targets``; ``scores`` are ``[N, C]``
+    (argmax taken) or ``[N]`` predicted labels. ``nan`` for an empty set."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = _np(targets, np.int64).reshape(-1)
+    s = _np(scores)
+    pred = s.argmax(axis=1) if s.ndim == 2 else s.reshape(-1).astype(np.int64)
+    if len(y) == 0:
+        return float("nan")
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": those do not count
+        warnings.simplefilter("ignore")
+        return 100.0 * float(balanced_accuracy_score(y, pred))
 
 
 def _check_multilabel(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
