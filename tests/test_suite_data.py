@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -138,14 +137,6 @@ def test_shapes_textures_labels_balanced_and_composed():
     # nuisances: the foreground colour / position vary within a class
     cls0 = ds.images[ds.targets == 0].astype(np.float32)
     assert cls0.std(0).mean() > 20
-
-
-def test_shapes_textures_generation_speed():
-    t = time.perf_counter()
-    ds = S.ShapesTexturesDataset("train", image_size=32)
-    dt = time.perf_counter() - t
-    assert len(ds) == 6000
-    assert dt < 15, f"rendering 6000 images took {dt:.1f} s"
 
 
 def test_hue_labels_follow_the_foreground_hue():

@@ -5,12 +5,14 @@
 glyphs, natural photos, shapes-textures, scenes, digits, photo patches);
 :mod:`quadformer.data.real` the loaders of ImageNet-style folders, CIFAR and VOC 2007 / COCO /
 CSV multi-label lists (``imagefolder:<root>``, ``cifar10:<root>``, ``voc2007:<root>``,
-``coco:<root>``, ``csv:<file>``). ImageNet mean / std are timm's constants.
+``coco:<root>``, ``csv:<file>``). Every data set exposes ``class_names``;
+:func:`check_same_classes` compares two label spaces. ImageNet mean / std are timm's constants.
 """
 
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
+from .checks import check_same_classes, class_names_of
 from .factory import DATASET_SCHEMES, build_dataset
 from .procedural import (
     BLOCK,
@@ -55,6 +57,8 @@ __all__ = [
     "IMAGENET_STD",
     "DATASET_SCHEMES",
     "build_dataset",
+    "check_same_classes",
+    "class_names_of",
     "BLOCK",
     "DEFAULT_SIZES",
     "GENERATOR_VERSION",

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from ..utils.errors import QuadformerError
 from .procedural import build_builtin, builtin_task_names
 from .real.cifar import CIFARDataset
-from .real.folders import ImageFolderDataset
+from .real.folders import ImageFolderDataset, class_folders
 from .real.multilabel import COCOMultiLabel, CSVMultiLabel, VOCMultiLabel
 
 __all__ = ["DATASET_SCHEMES", "build_dataset"]
@@ -55,7 +55,8 @@ def build_dataset(
       :func:`~quadformer.data.procedural.build_builtin`.
     * ``imagefolder:<root>`` -- :class:`ImageFolderDataset` on ``<root>/<split>`` (ImageNet
       layout ``train/`` + ``val/``); ``split=None`` uses ``<root>`` itself. A bare existing
-      directory path means the same.
+      directory path means the same. Other splits take the class list of ``<root>/train``
+      when it exists, so a validation folder lacking a class keeps the training labels.
     * ``cifar10:<root>`` / ``cifar100:<root>`` -- :class:`CIFARDataset` (``val`` = test set).
     * ``voc2007:<root>`` -- :class:`~quadformer.data.real.multilabel.VOCMultiLabel` (``split`` one of
       train / val / trainval / test; ``difficult="ignore"|"positive"|"exclude"``).
@@ -105,6 +106,8 @@ def build_dataset(
                     f"imagefolder: no {split!r} folder in {root} (expected {root}/{split}/<class>/<image>; "
                     f"pass split=None to use {root} itself)"
                 )
+            if split != "train" and (root / "train").is_dir() and "classes" not in kwargs:
+                kwargs["classes"] = class_folders(root / "train")  # keep the training labels
             root = root / split
         return ImageFolderDataset(root, tf, image_size=auto_size, is_training=split == "train", verify=verify,
                                   max_samples=size, seed=seed, transform_kwargs=transform_kwargs, **kwargs)

@@ -12,6 +12,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ...utils.errors import QuadformerError
+from ...utils.images import open_rgb
 
 __all__ = ["DECODE_ERRORS", "create_transforms", "subset_indices", "ClassList", "ImageFiles"]
 
@@ -106,9 +107,8 @@ class ImageFiles:
 
     @staticmethod
     def load_image(path: str) -> Image.Image:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")  # convert() forces the full decode
+        """The fully decoded 8-bit RGB image (16-bit and float images scaled, not clipped)."""
+        return open_rgb(path)
 
     def _verified(self, paths: Sequence[str]) -> list[int]:
         """Indices of the ``paths`` whose header ``PIL.Image.verify`` accepts."""

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from ...utils.errors import QuadformerError
 from .base import ClassList, create_transforms, subset_indices
 
-__all__ = ["CIFARDataset"]
+__all__ = ["SAFE_GLOBALS", "SafeUnpickler", "safe_unpickle", "CIFARDataset"]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,32 @@ _CIFAR_FILES = {
 }
 
 
-def _unpickle(path: Path) -> dict:
+#: the only globals a CIFAR batch may name: numpy's array reconstruction (both numpy 1 and 2
+#: module paths) and the latin-1 codec Python 3 pickles use for bytes; nothing that runs code
+SAFE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """A ``pickle.Unpickler`` that builds only containers, bytes, str, numbers and numpy arrays:
+    any other global (a ``__reduce__`` payload such as ``os.system``) is refused before it is
+    called (the ``find_class`` restriction of the :mod:`pickle` documentation)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def safe_unpickle(path: Path) -> dict:
+    """A CIFAR pickle file as a dict with str keys, through :class:`SafeUnpickler`."""
     with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
+        d = SafeUnpickler(f, encoding="latin1").load()
+    if not isinstance(d, dict):
+        raise pickle.UnpicklingError(f"expected a dict, found {type(d).__name__}")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
@@ -91,11 +114,12 @@ class CIFARDataset(ClassList, Dataset):
         data, labels = [], []
         for f in files:
             try:
-                d = _unpickle(folder / f)
+                d = safe_unpickle(folder / f)
                 arr = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
                 lab = np.asarray(d[key], dtype=np.int64)
-            except (KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
-                raise QuadformerError(f"{folder / f} is not a valid {variant} batch ({type(e).__name__}: {e})") from e
+            except (KeyError, ValueError, TypeError, AttributeError, IndexError, pickle.UnpicklingError, EOFError) as e:
+                raise QuadformerError(f"{folder / f} is not a valid {variant} batch ({type(e).__name__}: {e}); "
+                                      f"use the python-pickle release of {variant}") from None
             if len(arr) != len(lab):
                 raise QuadformerError(f"{folder / f}: {len(arr)} images but {len(lab)} labels")
             data.append(arr)
@@ -111,7 +135,7 @@ class CIFARDataset(ClassList, Dataset):
         meta = folder / spec["meta"]
         if meta.is_file():
             try:
-                raw = _unpickle(meta)[spec["names_key"] if label == "fine" else "coarse_label_names"]
+                raw = safe_unpickle(meta)[spec["names_key"] if label == "fine" else "coarse_label_names"]
                 names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in raw]
             except Exception as e:  # noqa: BLE001 -- meta is optional
                 log.warning("could not read class names from %s (%s); using numbers", meta, e)

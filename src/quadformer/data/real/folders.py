@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch.utils.data import Dataset
 
 from ...utils.errors import QuadformerError
 from .base import ClassList, ImageFiles, create_transforms, subset_indices
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset"]
+__all__ = ["IMG_EXTENSIONS", "class_folders", "ImageFolderDataset"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def class_folders(root: str | os.PathLike) -> list[str]:
+    """The sorted class sub-folder names of an ImageNet-style folder (hidden ones skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise QuadformerError(f"image folder {root} does not exist (expected {root}/<class>/<image>)")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise QuadformerError(f"no class sub-folders in {root} (expected {root}/<class>/<image>)")
+    return classes
 
 
 class ImageFolderDataset(ClassList, ImageFiles, Dataset):
@@ -30,7 +41,12 @@ class ImageFolderDataset(ClassList, ImageFiles, Dataset):
             and dropped before training starts.
         max_samples / seed: keep a seeded random subset of the files.
         max_retries: how many following samples to try before giving up on an item.
+        classes: the class list (names -> labels in this order), e.g. the training split's
+            (:func:`class_folders` of its root), so that a validation split lacking a class keeps
+            the training labels; a sub-folder not in the list is an error. Default: the sorted
+            sub-folders of ``root``.
 
+    An empty class folder is an error (it would become a class without images).
     Unreadable images found while loading are logged (``logging`` warning naming the path),
     recorded in :attr:`skipped_paths` / :attr:`num_skipped`, never tried again, and replaced by
     the next readable sample (with that sample's label). With ``DataLoader(num_workers>0)``
@@ -50,23 +66,39 @@ class ImageFolderDataset(ClassList, ImageFiles, Dataset):
         seed: int = 0,
         max_retries: int = 50,
         transform_kwargs: dict | None = None,
+        classes: Sequence[str] | None = None,
     ) -> None:
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise QuadformerError(f"image folder {self.root} does not exist (expected {self.root}/<class>/<image>)")
-        classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
-        if not classes:
-            raise QuadformerError(f"no class sub-folders in {self.root} (expected {self.root}/<class>/<image>)")
-        self.classes = classes
+        found = class_folders(self.root)
+        if classes is None:
+            classes = found
+        else:
+            classes = [str(c) for c in classes]
+            extra = sorted(set(found) - set(classes))
+            if extra:
+                raise QuadformerError(
+                    f"{self.root} has class folders {extra} that the training classes lack "
+                    f"({len(classes)} classes: {', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); "
+                    f"remove them or add them to the training data"
+                )
+        self.classes = list(classes)
         self.class_to_idx = {c: i for i, c in enumerate(classes)}
         exts = tuple(e.lower() for e in extensions)
         samples: list[tuple[str, int]] = []
         for c in classes:
+            if c not in found:
+                continue  # a class of the given list without a folder here (e.g. in val)
+            n = len(samples)
             for dirpath, dirnames, filenames in os.walk(self.root / c, followlinks=True):
                 dirnames.sort()
                 for fn in sorted(filenames):
                     if fn.lower().endswith(exts) and not fn.startswith("."):
                         samples.append((os.path.join(dirpath, fn), self.class_to_idx[c]))
+            if len(samples) == n:
+                raise QuadformerError(
+                    f"class folder {self.root / c} holds no images with extensions {', '.join(exts)}; "
+                    f"add images or remove the folder"
+                )
         if not samples:
             raise QuadformerError(
                 f"no images with extensions {', '.join(exts)} under the class folders of {self.root}"
