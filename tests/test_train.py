@@ -33,7 +33,7 @@ def cfg_for(out: Path, *extra: str):
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
+    return load_checkpoint(path)["state_dict"]
 
 
 def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
@@ -42,16 +42,121 @@ def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0 if atol == 0 else 1e-4, msg=k)
 
 
-def test_resume_mid_epoch_is_bit_exact(tmp_path):
+def rows(out: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(open(out / "metrics.csv")))
+
+
+def test_resume_mid_epoch_is_bit_exact_and_loses_no_logged_result(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
     full = train(cfg_for(tmp_path / "full"))
     cut = train(cfg_for(tmp_path / "cut"), stop_after_steps=4)  # epoch 1, step 4 of 6
     assert cut["interrupted"] and cut["step_in_epoch"] == 4
+    again = train(cfg_for(tmp_path / "cut"), resume="auto", stop_after_steps=4)  # epoch 2, step 2 of 6
+    assert again["interrupted"] and (again["epoch"], again["step_in_epoch"]) == (1, 2)
+    assert [r["epoch"] for r in rows(tmp_path / "cut")] == ["1"]  # the finished epoch stays logged
     resumed = train(cfg_for(tmp_path / "cut"), resume="auto")
     assert resumed["val_top1"] == full["val_top1"] and resumed["train_loss"] == full["train_loss"]
     assert_same_weights(weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "cut" / "last.pt"))
-    rows = list(csv.DictReader(open(tmp_path / "cut" / "metrics.csv")))
-    assert [r["epoch"] for r in rows] == ["1", "2"]
+    a, b = rows(tmp_path / "full"), rows(tmp_path / "cut")
+    assert [r["epoch"] for r in b] == ["1", "2"]
+    # each epoch's loss is the mean over the whole epoch, not over the part after the resume
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
     assert (tmp_path / "full" / "model.safetensors").exists() and (tmp_path / "full" / "model.json").exists()
+    final = json.loads((tmp_path / "full" / "summary.json").read_text())["final"]
+    # resuming a finished run, or rerunning after a kill during the export, keeps the results
+    cut_dir = tmp_path / "cut"
+    train(cfg_for(cut_dir), resume="auto")
+    for name in ("summary.json", "model.safetensors"):
+        (cut_dir / name).unlink()
+    again = train(cfg_for(cut_dir), resume="last")
+    assert again["val_top1"] == full["val_top1"]
+    theirs = json.loads((cut_dir / "summary.json").read_text())["final"]
+    assert {k: theirs[k] for k in ("epoch", "train_loss", "val_top1")} == \
+        {k: final[k] for k in ("epoch", "train_loss", "val_top1")}
+    assert_same_weights(load_file(tmp_path / "full" / "model.safetensors"), load_file(cut_dir / "model.safetensors"))
+    assert [r["epoch"] for r in rows(cut_dir)] == ["1", "2"]
+    assert not [p.name for p in cut_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_compares_the_whole_recipe_and_replans_more_epochs(tmp_path, caplog):
+    from quadformer.utils.errors import QuadformerError
+
+    out = tmp_path / "run"
+    train(cfg_for(out, "train.epochs=1"))
+    for change, key in (("data.train_size=64", "data.train_size"), ("seed=1", "seed"),
+                        ("optim.weight_decay=0.1", "optim.weight_decay")):
+        with pytest.raises(QuadformerError, match=key):
+            train(cfg_for(out, "train.epochs=1", change), resume="last")
+    # where it writes and how it reports are not the recipe
+    done = train(cfg_for(out, "train.epochs=1", "output.tensorboard=true", "train.checkpoint_every_steps=3"),
+                 resume="last")
+    assert done["epoch"] == 1
+    # more epochs: the cosine schedule is re-planned over the new length (the lr leaves min_lr)
+    with caplog.at_level("INFO", logger="quadformer.train"):
+        res = train(cfg_for(out, "train.epochs=2"), resume="last", stop_after_steps=1)
+    assert res["interrupted"] and "re-planned over 12 steps from step 6" in caplog.text
+    lr = load_checkpoint(out / "last.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert lr > 10 * cfg_for(out).optim.min_lr
+    # a reused folder (resume="auto", as demo and schemes do) never resumes another recipe: it starts afresh
+    res = train(cfg_for(out, "train.epochs=1", "data.train_size=64"), resume="auto")
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["global_step"] == 4 and ck["config"]["data"]["train_size"] == 64
+    assert [r["epoch"] for r in rows(out)] == ["1"]
+
+
+def test_a_second_process_on_the_same_folder_is_refused_naming_its_pid(tmp_path, capsys):
+    from quadformer.train.run_folder import run_lock
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from quadformer.train.run_folder import run_lock\n"
+         "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)", str(out)],
+        env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = main(["train", *TINY, f"output.dir={out}"])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"PID {holder.pid}" in err and err.count("\n") == 1
+        assert not (out / "last.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with run_lock(out):  # the OS freed the dead holder's lock
+        pass
+
+
+def test_wandb_logging_is_optional_and_offline_capable(tmp_path, monkeypatch, capsys):
+    import types
+
+    calls: dict[str, list] = {"init": [], "log": [], "finish": []}
+
+    class Run:
+        def log(self, data, step=None):
+            calls["log"].append((data, step))
+
+        def finish(self):
+            calls["finish"].append(True)
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls["init"].append(kw) or Run()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    out = tmp_path / "run"
+    cfg = cfg_for(out, "train.epochs=1", "data.train_size=32", "output.wandb=true")
+    res = train(cfg)
+    (init,) = calls["init"]
+    assert init["config"] == cfg.to_dict() and init["dir"] == str(out) and init["resume"] == "allow"
+    (data, step), = calls["log"]
+    assert step == 2 and data["val_top1"] == res["val_top1"] and data["epoch"] == 1
+    assert calls["finish"] == [True]
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    rc = main(["train", *TINY, f"output.dir={tmp_path / 'none'}", "output.wandb=true"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install wandb" in err and err.count("\n") == 1
+    assert not (tmp_path / "none").exists()
 
 
 def test_ema_resumes_exactly_and_is_what_gets_exported(tmp_path):
@@ -61,11 +166,19 @@ def test_ema_resumes_exactly_and_is_what_gets_exported(tmp_path):
     train(cfg_for(tmp_path / "cut", "train.ema_decay=0.9"), stop_after_steps=4)
     train(cfg_for(tmp_path / "cut", "train.ema_decay=0.9"), resume="auto")
     ck_full, ck_cut = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
-    assert_same_weights(ck_full["ema"], ck_cut["ema"])
+    assert_same_weights(ck_full["state_dict_ema"], ck_cut["state_dict_ema"])
     exported = load_file(tmp_path / "full" / "model.safetensors")
     key = "blocks.0.mlp.fc1.weight"
-    torch.testing.assert_close(exported[key], ck_full["ema"][key])  # the averaged weights are the result
-    assert not torch.equal(exported[key], ck_full["model"][key])
+    torch.testing.assert_close(exported[key], ck_full["state_dict_ema"][key])  # the averaged weights are the result
+    assert not torch.equal(exported[key], ck_full["state_dict"][key])
+    # timm's own reader takes the EMA weights of last.pt (its keys are timm's)
+    import timm.models
+
+    from quadformer.train.engine import build_model
+
+    m = build_model(cfg_for(tmp_path / "x"), 10)
+    timm.models.load_checkpoint(m, str(tmp_path / "full" / "last.pt"), use_ema=True)
+    torch.testing.assert_close(m.state_dict()[key], ck_full["state_dict_ema"][key], rtol=0, atol=0)
     rows = list(csv.DictReader(open(tmp_path / "full" / "metrics.csv")))
     assert all(r["val_top1_ema"] != "" for r in rows) and "val_top1_ema" in full
 

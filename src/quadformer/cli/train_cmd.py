@@ -17,8 +17,9 @@ import logging
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML config (see configs/); defaults apply without one")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="resume from CKPT, or from OUT/last.pt when no path is given")
+    p.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                   help="resume from CKPT, or from OUT/last.pt when no path is given; the config must be the "
+                        "run's own, except train.epochs (more epochs re-plan the schedule)")
     p.add_argument("--out", default=None, help="output folder (same as output.dir=...)")
 
 

@@ -87,6 +87,8 @@ class ObjectiveConfig:
 class OutputConfig:
     dir: str = "runs/default"
     tensorboard: bool = True
+    wandb: bool = False  # Weights & Biases beside CSV/TensorBoard (needs wandb; WANDB_MODE=offline works)
+    wandb_project: str = "quadformer"
 
 
 @dataclass
@@ -161,6 +163,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(cfg: Config, items: list[str]) -> Config:
+    """Apply ``section.key=value`` overrides to ``cfg`` in place (not validated)."""
+    _apply(cfg, parse_overrides(items))
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
     cfg = Config()
@@ -195,7 +203,13 @@ def validate(cfg: Config) -> None:
         raise QuadformerError(f"objective.kind={cfg.objective.kind!r}; use one of {', '.join(KINDS)}")
     if cfg.objective.ssl_method not in SSL_METHODS:
         raise QuadformerError(f"objective.ssl_method={cfg.objective.ssl_method!r}; use one of {', '.join(SSL_METHODS)}")
-    if cfg.objective.kind == "kd" and not cfg.objective.teacher:
-        raise QuadformerError("objective.kind=kd needs objective.teacher=<checkpoint of a stronger model on the same task>")
+    if cfg.objective.kind == "kd" and not cfg.objective.teacher:  # the one teacher check
+        raise QuadformerError(f"objective.kind=kd distils from a teacher: set objective.teacher=<checkpoint of a "
+                              f"stronger model trained on {cfg.data.train}> (pretrain: --teacher <checkpoint>)")
+    if cfg.train.eval_every_epochs < 1:
+        raise QuadformerError(f"train.eval_every_epochs={cfg.train.eval_every_epochs} must be >= 1")
+    for key in ("checkpoint_every_steps", "snapshots"):
+        if getattr(cfg.train, key) < 0:
+            raise QuadformerError(f"train.{key}={getattr(cfg.train, key)} must be >= 0 (0: off)")
     if not 0 <= cfg.train.ema_decay < 1:
         raise QuadformerError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)")

@@ -204,10 +204,7 @@ def build_objective(ocfg: Any, model: nn.Module, multilabel: bool, label_smoothi
     common = dict(multilabel=multilabel, label_smoothing=label_smoothing)
     if kind == "supervised":
         return Objective(**common)
-    if kind == "kd":
-        if not ocfg.teacher:
-            raise QuadformerError("objective.kind=kd needs objective.teacher=<checkpoint of a stronger model on the "
-                                  "same task> (e.g. runs/teacher/model.safetensors)")
+    if kind == "kd":  # config.validate has checked that a teacher is named
         from ..models.loading import load_model
 
         teacher = load_model(ocfg.teacher, device=device).model

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,15 +36,25 @@ log = logging.getLogger(__name__)
 METHODS = ("gradcam", "inputgrad")
 
 
-def cam_layer(model: nn.Module, p_min: int) -> nn.Module:
-    """The deepest feature stage of a timm model whose stride is at most ``p_min``."""
+def cam_layer(model: nn.Module, p_min: int) -> tuple[nn.Module, Callable[[Tensor], Tensor] | None]:
+    """Where to take Grad-CAM: a ViT's last block (tokens reshaped to its patch grid, prefix
+    tokens dropped), else the deepest timm feature stage whose stride is at most ``p_min``."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and len(blocks) and hasattr(model, "num_prefix_tokens"):
+        grid = getattr(model, "grid", None) or tuple(model.patch_embed.grid_size)
+        prefix = int(model.num_prefix_tokens)
+
+        def tokens_to_map(t: Tensor) -> Tensor:
+            return t[:, prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[-1], *grid)
+
+        return blocks[-1], tokens_to_map
     info = getattr(model, "feature_info", None)
     if not info:
         raise QuadformerError(f"teacher {type(model).__name__} has no timm feature_info; use --saliency inputgrad")
     cands = [f for f in info if f["reduction"] <= p_min]
     if not cands:
         raise QuadformerError(f"no stage of the teacher has stride <= p_min={p_min}; use --saliency inputgrad")
-    return model.get_submodule(cands[-1]["module"])
+    return model.get_submodule(cands[-1]["module"]), None
 
 
 def input_gradient(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
@@ -56,10 +67,10 @@ def input_gradient(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
 
 
 def teacher_maps(model: nn.Module, images: Tensor, labels: Tensor, grid: tuple[int, int], method: str,
-                 layer: nn.Module | None) -> Tensor:
+                 layer: tuple[nn.Module, Callable[[Tensor], Tensor] | None] | None) -> Tensor:
     """Teacher saliency of the true class on ``grid``, each map scaled to max 1, ``[B, gh, gw]``."""
     if method == "gradcam":
-        m = grad_cam(model, layer, images, labels)
+        m = grad_cam(model, layer[0], images, labels, layer[1])
     else:
         model.eval()
         m = input_gradient(model, images, labels)

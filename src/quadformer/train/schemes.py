@@ -1,4 +1,4 @@
-"""Pretraining schemes as sequences of engine runs (spec: diverse_transfer §4).
+"""Pretraining schemes as sequences of engine runs (docs/design/diverse_transfer.md).
 
 A scheme is one or two *stages*; each stage is an ordinary ``train()`` run with its own
 folder and objective, so each resumes on its own and a finished stage is reused. Two-stage
@@ -19,13 +19,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..utils.errors import QuadformerError
-from .config import Config, _apply, parse_overrides, validate
+from ..utils.io import write_bytes, write_json
+from .config import Config, apply_overrides, validate
+from .run_folder import recipe_diff, record_inputs, stored_config
 
 log = logging.getLogger("quadformer.train")
 
@@ -63,9 +64,6 @@ def stage_configs(scheme: str, base: Config, out: Path, opts: SchemeOptions) -> 
     if scheme not in SCHEMES:
         raise QuadformerError(f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
     stages = SCHEMES[scheme]
-    if any(s.objective == "kd" for s in stages) and not opts.teacher:
-        raise QuadformerError(f"scheme {scheme} distils from a teacher: pass --teacher <checkpoint of a stronger "
-                              f"model trained on {base.data.train}> (e.g. train one with --scheme supervised)")
     if opts.teacher and not Path(opts.teacher).exists():
         raise QuadformerError(f"teacher checkpoint not found: {opts.teacher}")
     out_list: list[tuple[Stage, Config]] = []
@@ -78,7 +76,7 @@ def stage_configs(scheme: str, base: Config, out: Path, opts: SchemeOptions) -> 
             cfg.objective.teacher = opts.teacher
         if st.ssl_stage:
             cfg.train.snapshots = 0
-            _apply(cfg, parse_overrides(opts.stage_a_overrides))
+            apply_overrides(cfg, opts.stage_a_overrides)
             if opts.stage_a and len(stages) > 1:
                 cfg.output.dir = str(opts.stage_a)
         elif prev is not None:
@@ -97,58 +95,13 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file() and (run_dir / "model.safetensors").is_file()
 
 
-def _recipe(d: dict) -> dict:
-    """A config minus what does not change the weights (where it is written, progress bars, snapshots)."""
-    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-    d.get("output", {}).pop("dir", None)
-    d.get("train", {}).pop("progress", None)
-    d.get("train", {}).pop("snapshots", None)
-    return d
-
-
-INPUT_FILES = (("objective", "teacher"), ("model", "init_checkpoint"))  # compared by content, not by path
-
-
-def _input_digests(cfg_dict: dict) -> dict[str, str]:
-    from ..models.loading import file_digest
-
-    out = {}
-    for sec, key in INPUT_FILES:
-        path = (cfg_dict.get(sec) or {}).get(key)
-        if path and Path(path).is_dir():  # a run folder stands for its exported weights
-            path = Path(path) / "model.safetensors"
-        if path and Path(path).is_file():
-            out[f"{sec}.{key}"] = file_digest(path)
-    return out
-
-
-def record_inputs(run_dir: Path, cfg: Config) -> None:
-    """Keep the digests of a stage's input files beside it, so a moved folder still matches."""
-    digests = _input_digests(cfg.to_dict())
-    if digests:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "inputs.json").write_text(json.dumps(digests, indent=2))
-
-
 def check_same_recipe(run_dir: Path, cfg: Config) -> None:
-    """A finished or half-done run is only reused for the same recipe.
-
-    Input files (teacher, stage-A checkpoint) count by content: the same teacher at another path
-    (a moved or copied study folder) is the same recipe."""
-    import yaml
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
+    """A finished or half-done run is only reused for the same recipe (see
+    :func:`quadformer.train.run_folder.recipe_diff`: input files count by content)."""
+    theirs = stored_config(run_dir)
+    if theirs is None:
         return
-    theirs = _recipe(yaml.safe_load(path.read_text()) or {})
-    ours = _recipe(cfg.to_dict())
-    diff = sorted(f"{sec}.{k}" for sec in ours if isinstance(ours[sec], dict)
-                  for k in ours[sec] if theirs.get(sec, {}).get(k, ours[sec][k]) != ours[sec][k])
-    if any(d in diff for d in map(".".join, INPUT_FILES)):
-        recorded = run_dir / "inputs.json"
-        their_digests = json.loads(recorded.read_text()) if recorded.is_file() else _input_digests(theirs)
-        our_digests = _input_digests(ours)
-        diff = [d for d in diff if not (d in our_digests and their_digests.get(d) == our_digests[d])]
+    diff = recipe_diff(theirs, cfg.to_dict(), run_dir)
     if diff:
         raise QuadformerError(f"{run_dir} holds a run with another recipe ({', '.join(diff[:4])} differ); "
                               f"use another output folder or delete it")
@@ -173,7 +126,7 @@ def run_scheme(scheme: str, base: Config, out: str | Path, opts: SchemeOptions |
             res = json.loads((run_dir / "summary.json").read_text()).get("final", {})
         else:
             log.info("stage %s: %s training -> %s", st.name or scheme, st.objective, run_dir)
-            record_inputs(run_dir, cfg)
+            record_inputs(run_dir, cfg.to_dict())
             res = train(cfg, resume="auto")
             if res.get("interrupted"):
                 results["interrupted"] = True
@@ -184,8 +137,6 @@ def run_scheme(scheme: str, base: Config, out: str | Path, opts: SchemeOptions |
     if last != out:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("model.safetensors", "model.json"):
-            tmp = out / f".{name}.tmp"
-            shutil.copyfile(last / name, tmp)
-            tmp.replace(out / name)
-    (out / "scheme.json").write_text(json.dumps(results, indent=2, default=str))
+            write_bytes(out / name, (last / name).read_bytes())
+    write_json(out / "scheme.json", results)
     return results
