@@ -281,3 +281,37 @@ def test_load_model_refuses_what_is_no_model_spec(tmp_path):
         load_model("quadformer_mikro")
     with pytest.raises(QuadformerError, match="cannot be read"):
         load_model(f"local-dir:{tmp_path}")
+
+
+def test_hf_export_carries_tokenizer_config_and_scorer_weights(tmp_path):
+    """save_for_hf writes the current budget, p_min/p_max, scorer name + kwargs, pos_embed and
+    resample; the scorer's weights travel in the state dict, so a weights file need not exist where
+    ``local-dir:``/``hf-hub:`` rebuilds the model."""
+    import json
+
+    from timm.models import save_for_hf
+
+    from quadformer.tokenize.scorers import shufflenet_backbone
+
+    torch.manual_seed(0)
+    weights = tmp_path / "scorer.safetensors"
+    save_file({k: v.contiguous() for k, v in shufflenet_backbone(16, "random").state_dict().items()}, str(weights))
+    m = timm.create_model("quadformer_micro_patch8_128", num_classes=3, scorer="feature", pos_embed="learned_grid",
+                          scorer_kwargs={"weights": str(weights), "tap_stride": 16}, **MICRO).eval()
+    with torch.no_grad():
+        m.pos_grid.grid.normal_()
+    m.set_num_patches(61)
+    save_for_hf(m, tmp_path / "hf", safe_serialization=True)
+    weights.unlink()
+    args = json.loads((tmp_path / "hf" / "config.json").read_text())["model_args"]
+    assert {k: args[k] for k in ("patch_size", "max_patch_size", "num_patches", "scorer", "scorer_kwargs",
+                                 "pos_embed", "resample")} == {
+        "patch_size": 8, "max_patch_size": 32, "num_patches": 61, "scorer": "feature",
+        "scorer_kwargs": {"weights": "random", "tap_stride": 16}, "pos_embed": "learned_grid",
+        "resample": "reference"}
+    torch.manual_seed(1)  # another init: everything must come from the saved weights
+    r = timm.create_model(f"local-dir:{tmp_path / 'hf'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 128, 128)
+    torch.testing.assert_close(r(x), m(x), rtol=0, atol=0)
+    torch.testing.assert_close(r.scorer.state_dict(), m.scorer.state_dict())
+    assert r.gmacs() == m.gmacs()

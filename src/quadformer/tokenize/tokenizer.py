@@ -78,7 +78,9 @@ class PositionTable:
             key = (geometry.with_budget(geometry.n0), str(index.device))
             table = self._cache.get(key)
             if table is None:
-                table = self._cache[key] = self.pos_embed(meta)
+                table = self.pos_embed(meta)
+                if not torch.compiler.is_compiling():  # never keep a tracer's fake tensor
+                    self._cache[key] = table
         else:
             table = self.pos_embed(meta.unsqueeze(0))[0]
         return table[index]
