@@ -128,8 +128,8 @@ def apply_common(args: argparse.Namespace) -> None:
             raise QuadformerError(f"--{name.replace('_', '-')} {v} must be >= 1")
     for name in ("batch_sizes", "knn_k", "shots", "budgets", "seeds"):
         v = getattr(args, name, None)
-        if isinstance(v, list) and any(isinstance(x, int) and x < (0 if name == "seeds" else 1) for x in v):
-            bad = [x for x in v if x < (0 if name == "seeds" else 1)]
-            raise QuadformerError(f"--{name.replace('_', '-')} {bad[0]} must be >= {0 if name == 'seeds' else 1}")
-    for name in ("out",):
-        check_output_dir(getattr(args, name, None), "--" + name)
+        bad = [x for x in v if isinstance(x, int) and x < 1] if isinstance(v, list) else []
+        if bad:
+            raise QuadformerError(f"--{name.replace('_', '-')} {bad[0]} must be >= 1")
+    for name in ("out", "cache_dir"):
+        check_output_dir(getattr(args, name, None), "--" + name.replace("_", "-"))

@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     # hub names resolve from the local cache; a download is asked for with HF_HUB_OFFLINE=0
     # (otherwise a closed machine retries the network for half a minute)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if os.environ["HF_HUB_OFFLINE"].strip().lower() in ("1", "true", "yes", "on"):
+        hub = sys.modules.get("huggingface_hub.constants")  # already imported (by timm): read at import
+        if hub is not None:
+            hub.HF_HUB_OFFLINE = True
     parser = build_parser()
     args = _parse(parser, argv)
     if not getattr(args, "command", None):
