@@ -315,3 +315,43 @@ def test_hf_export_carries_tokenizer_config_and_scorer_weights(tmp_path):
     torch.testing.assert_close(r(x), m(x), rtol=0, atol=0)
     torch.testing.assert_close(r.scorer.state_dict(), m.scorer.state_dict())
     assert r.gmacs() == m.gmacs()
+
+
+def test_hf_hub_name_rebuilds_from_the_hub_cache(tmp_path, offline, monkeypatch):
+    """``hf-hub:`` takes the same path as ``local-dir:`` (config.json + weights), here from a cache."""
+    import huggingface_hub.constants
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    m = timm.create_model("quadformer_micro_patch4_32", num_classes=3, pos_embed="learned_grid", **MICRO).eval()
+    save_for_hf(m, tmp_path / "hf", safe_serialization=True)
+    files = {n: (lambda p, n=n: p.write_bytes((tmp_path / "hf" / n).read_bytes()))
+             for n in ("config.json", "model.safetensors")}
+    _fake_hub_cache(tmp_path / "cache", "someone/quadformer-micro", files)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    lm = load_model("hf-hub:someone/quadformer-micro")
+    x = torch.randn(2, 3, 32, 32)
+    assert lm.name == "quadformer_micro_patch4_32" and lm.kind == "hub" and lm.sha256 is not None
+    torch.testing.assert_close(lm.model(x), m(x), rtol=0, atol=0)
+    with pytest.raises(QuadformerError, match="not in the local Hugging Face cache"):
+        load_model("hf-hub:someone/missing")
+
+
+def test_load_model_export_with_its_json(tmp_path):
+    """``model.safetensors`` + ``model.json`` (what ``quadformer train`` exports) rebuilds its model."""
+    import json
+
+    torch.manual_seed(0)
+    m = timm.create_model("quadformer_micro_patch4_32", num_classes=3, num_patches=28, **MICRO).eval()
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    meta = {"model": {"name": "quadformer_micro_patch4_32", "num_patches": 28, "kwargs": MICRO}, "image_size": 32,
+            "num_classes": 3, "class_names": ["a", "b", "c"]}
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    lm = load_model(tmp_path / "model.safetensors")
+    assert lm.kind == "export" and lm.class_names == ["a", "b", "c"]
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(lm.model(x), m(x), rtol=0, atol=0)
+    other = {**meta, "model": {**meta["model"], "kwargs": {**MICRO, "depth": 2}}}
+    (tmp_path / "model.json").write_text(json.dumps(other))
+    with pytest.raises(QuadformerError, match="does not fit architecture"):
+        load_model(tmp_path / "model.safetensors")

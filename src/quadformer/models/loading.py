@@ -304,13 +304,13 @@ def _load_hub(spec: str, num_classes: int | None, device: str | torch.device, im
     def build(pretrained: bool) -> nn.Module:
         try:
             return timm.create_model(spec, pretrained=pretrained, **kw)
-        except FileNotFoundError as e:
+        except OSError as e:  # a folder without config.json / weights; huggingface_hub: not cached, no network
+            if spec.startswith("hf-hub:"):
+                raise QuadformerError(f"{spec} is not in the local Hugging Face cache and cannot be downloaded "
+                                      f"here ({e.__class__.__name__}); download it where there is a network, or "
+                                      f"use local-dir:PATH") from None
             raise QuadformerError(f"{spec} cannot be read ({e}); pass a folder written by timm.models.save_for_hf "
                                   f"(config.json + model.safetensors)") from None
-        except OSError as e:  # huggingface_hub: not cached and no network
-            raise QuadformerError(f"{spec} is not in the local Hugging Face cache and cannot be downloaded here "
-                                  f"({e.__class__.__name__}); download it where there is a network, or use "
-                                  f"local-dir:PATH") from None
 
     model = build(True)
     cfg = dict(model.pretrained_cfg)
