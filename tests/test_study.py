@@ -167,3 +167,83 @@ def test_study_skips_seeds_another_process_holds_then_waits_for_them(tmp_path, m
     t.join()
     assert order == [1, 2, 0]
     assert [r["seed"] for r in rows] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--resamples", "0"], "--resamples"), (["--resamples", "-5"], "--resamples"), (["--seeds", "0"], "--seeds"),
+    (["--seeds", "2", "3"], "--seeds"), (["--threads", "0"], "--threads"), (["--resamples", "many"], "--resamples"),
+])
+def test_study_cli_bad_numbers_are_one_line(argv, needle, capsys, tmp_path):
+    """Issue 12: ``study --resamples 0`` used to run and report NaN intervals."""
+    from quadformer.cli.main import main
+
+    try:
+        rc = main(["study", "diversity-transfer", "--out", str(tmp_path / "out"), *argv])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_study_settings_are_judged():
+    from quadformer.study import Study, StudyConfig
+    from quadformer.utils.errors import QuadformerError
+
+    with pytest.raises(QuadformerError, match="seeds=0"):
+        Study(StudyConfig(seeds=0), "unused")
+    with pytest.raises(QuadformerError, match="lr=-1"):
+        Study(StudyConfig(lr=-1.0), "unused")
+
+
+def test_library_statistics_equal_the_hand_written_ones():
+    """scipy.stats.bootstrap (percentile, default_rng(seed)) draws the same resamples as the
+    hand-written loop and gives its interval; the paired t-interval is scipy's too."""
+    from tests import reference_impls as ref
+
+    x = np.random.default_rng(1).normal(size=40)
+    for seed in (0, 7):
+        new, old = bootstrap(lambda ix: float(x[ix].mean()), 40, 300, seed), ref.bootstrap(
+            lambda ix: float(x[ix].mean()), 40, 300, seed)
+        assert new[:2] == pytest.approx(old[:2], abs=1e-12)
+        np.testing.assert_allclose(new[2], old[2], rtol=0, atol=1e-12)
+    c = paired_contrast({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.5, 1: 2.5, 2: 1.0})
+    lo, hi = ref.paired_ci(np.array([0.5, -0.5, 2.5]))
+    assert (c["ci_low"], c["ci_high"]) == pytest.approx((lo, hi), abs=1e-12)
+
+
+def test_file_lock_equals_the_fcntl_one_and_is_freed_when_its_holder_is_killed(tmp_path):
+    """filelock and the hand-written fcntl lock exclude each other (same OS lock), and a holder
+    killed with SIGKILL releases it."""
+    import subprocess
+    import sys
+    import time
+
+    from quadformer.utils.io import file_lock
+    from tests import reference_impls as ref
+
+    path = tmp_path / "x.lock"
+    with file_lock(path):
+        with ref.fcntl_lock(path, blocking=False) as other:
+            assert not other
+    import quadformer.utils.io as qio
+
+    # the child loads utils/io.py alone (no torch import: fast)
+    code = ("import importlib.util, sys, time\n"
+            "spec = importlib.util.spec_from_file_location('qio', sys.argv[2])\n"
+            "m = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(m)\n"
+            "with m.file_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), qio.__file__], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with file_lock(path, blocking=False) as held:
+            assert not held
+    finally:
+        proc.kill()
+        proc.wait()
+    for _ in range(50):
+        with file_lock(path, blocking=False) as held:
+            if held:
+                break
+        time.sleep(0.05)
+    assert held

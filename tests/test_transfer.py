@@ -467,3 +467,94 @@ def test_cli_label_sets_and_wrong_checkpoint_fail_before_work(tmp_path, capsys):
     rc = main(["transfer", str(tmp_path / "junk.pt"), "--tasks", "builtin", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "junk.pt" in err and len(err.splitlines()) == 1, err
+
+
+# ------------------------------------------------------------------------------ library equals
+
+
+def _random_multilabel(rng, n, c, ties):
+    y = (rng.random((n, c)) < rng.uniform(0.1, 0.6)).astype(float)
+    s = rng.normal(size=(n, c))
+    return y, (np.round(s, 1) if ties else s)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_library_metrics_equal_the_hand_written_ones(ties):
+    """sklearn's AP / precision-recall curve / precision_recall_fscore_support give what the
+    hand-written definitions gave (to 1e-12, in percent), ties and single columns included."""
+    from tests import reference_impls as ref
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        y, s = _random_multilabel(rng, int(rng.integers(2, 50)), int(rng.integers(1, 7)), ties)
+        d = mean_average_precision(y, s, details=True)
+        old = [ref.average_precision(y[:, c], s[:, c]) for c in range(y.shape[1])]
+        assert [str(c) for c, v in enumerate(old) if math.isnan(v)] == d["dropped_classes"]
+        for c, v in enumerate(old):
+            if not math.isnan(v):
+                assert d["per_class"][str(c)] == pytest.approx(100 * v, abs=1e-12)
+        v11 = map_voc11(y, s, details=True)
+        for c in range(y.shape[1]):
+            o = ref.voc11(y[:, c], s[:, c])
+            if not math.isnan(o):
+                assert v11["per_class"][str(c)] == pytest.approx(100 * o, abs=1e-12)
+        p = 1 / (1 + np.exp(-s))
+        new, old_t = threshold_metrics(y, p), ref.threshold_metrics(y, p)
+        assert new == pytest.approx({k: 100 * v for k, v in old_t.items()}, abs=1e-12)
+
+
+def test_standardiser_and_t_interval_equal_the_hand_written_ones():
+    from quadformer.transfer.probes import Standardiser
+    from tests import reference_impls as ref
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)) * rng.uniform(0.1, 100, 6) + rng.normal(size=6) * 10
+    x[:, 2] = 3.0  # constant: scale 1
+    st, (mean, scale) = Standardiser.fit(x), ref.standardise_stats(x)
+    np.testing.assert_allclose(st.mean, mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(st.scale, scale, rtol=1e-12, atol=0)
+    for v in ([0.5, 0.6, 0.7, 0.8], rng.normal(size=20).tolist(), [2.0, 2.0, 2.0], [1.0]):
+        assert t_interval(v) == pytest.approx(ref.t_interval(v), abs=1e-12)
+
+
+def test_untrained_class_is_left_out_of_map_and_listed():
+    """Issue 12: a multi-label test class without a training positive says nothing about the
+    features; it is left out of mAP and named, instead of pulling the mean around."""
+    rng = np.random.default_rng(5)
+    y = (rng.random((200, 3)) < 0.4).astype(np.float32)
+    x = y @ rng.normal(size=(3, 10)) * 3 + rng.normal(size=(200, 10))
+    ytr = y[:120].copy()
+    ytr[:, 2] = 0  # class c: positives only in test
+    for res in (linear_probe(x[:120], ytr, x[120:], y[120:], multilabel=True, grid="smoke", class_names=list("abc")),
+                knn_probe(x[:120], ytr, x[120:], y[120:], multilabel=True, class_names=list("abc"))):
+        assert res.metrics["untrained_classes"] == ["c"] and res.metrics["dropped_classes"] == []
+        assert set(res.metrics["ap_per_class"]) == {"a", "b"}
+        assert res.score == pytest.approx(np.mean(list(res.metrics["ap_per_class"].values())))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--batch-size", "0"], "--batch-size"), (["--draws", "0"], "--draws"), (["--epochs", "-1"], "--epochs"),
+    (["--knn-k", "0"], "--knn-k"), (["--shots", "1", "0"], "--shots"), (["--fewshot-c", "0"], "--fewshot-c"),
+    (["--lrs", "1e-3,-1"], "--lrs"), (["--weight-decay", "-0.1"], "--weight-decay"),
+    (["--image-size", "4"], "--image-size"), (["--seed", "-1"], "--seed"), (["--threads", "0"], "--threads"),
+    (["--ft-batch-size", "x"], "--ft-batch-size"),
+])
+def test_cli_bad_numbers_are_one_line(argv, needle, capsys, tmp_path):
+    from quadformer.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["transfer", "resnet10t", "--out", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_spaces_are_judged_by_class_names_for_builtin_tasks_too(tmp_path):
+    from quadformer.transfer import check_label_spaces
+
+    f = tmp_path / "t.yaml"
+    f.write_text("tasks:\n  - {name: same, train: 'builtin:sk-digits', test: 'builtin:sk-digits-hard'}\n")
+    check_label_spaces(load_tasks(f))  # one class list, another difficulty: fine
+    f.write_text("tasks:\n  - {name: mixed, train: 'builtin:digits', test: 'builtin:dice'}\n")
+    with pytest.raises(QuadformerError, match="'mixed': train and test label sets differ"):
+        check_label_spaces(load_tasks(f))

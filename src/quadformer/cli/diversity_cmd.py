@@ -1,4 +1,4 @@
-"""Measure the diversity of what a model learned (spec §2): filter metrics W1/W2, activation
+"""Measure the diversity of what a model learned (docs/design/diverse_transfer.md §2): filter metrics W1/W2, activation
 metrics A1/A2/A3 on a fixed, seeded probe subset of held-out data, per layer, model means and
 Δ vs a fresh init of the same architecture and init seed.
 
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .common import nonneg_int, parse_device, positive_int
+
 DEFAULT_DATA = "builtin:shapes-textures"
 
 
@@ -29,19 +31,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help=f"held-out probe data (default: the checkpoint's val source, "
                                                f"else {DEFAULT_DATA})")
     p.add_argument("--split", default="val", help="split of --data (default: val)")
-    p.add_argument("--num-images", type=int, default=None,
+    p.add_argument("--num-images", type=positive_int, default=None,
                    help="probe images (default: the spec's minimum max(2000, 5d), d = feature dim)")
-    p.add_argument("--data-size", type=int, default=None, help="images in the built-in split (default: the source's)")
-    p.add_argument("--data-seed", type=int, default=None,
+    p.add_argument("--data-size", type=positive_int, default=None, help="images in the built-in split (default: the source's)")
+    p.add_argument("--data-seed", type=nonneg_int, default=None,
                    help="draw of a built-in task (default: the checkpoint's, or 0)")
-    p.add_argument("--probe-seed", type=int, default=0, help="seed of the probe subset and of the pass (default 0)")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default: checkpoint's / model's)")
+    p.add_argument("--probe-seed", type=nonneg_int, default=0, help="seed of the probe subset and of the pass (default 0)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="input size (default: checkpoint's / model's)")
     p.add_argument("--arch", default=None, help="timm name for a bare state-dict checkpoint")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--num-classes", type=nonneg_int, default=None,
                    help="head size for a timm name (default 0: none; the head is never measured)")
     p.add_argument("--model-kwargs", default=None,
                    help='extra timm.create_model kwargs as JSON, e.g. \'{"num_patches": 28}\'')
-    p.add_argument("--init-seed", type=int, default=None,
+    p.add_argument("--init-seed", type=nonneg_int, default=None,
                    help="init seed for Δ vs init (default: the checkpoint's config seed, else 0)")
     p.add_argument("--no-init", action="store_true", help="skip the fresh-init reference (no Δ vs init)")
     p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
@@ -49,20 +51,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "insist on them (ema), or the raw weights (model)")
     p.add_argument("--qkv", choices=("split", "fused"), default="split", help="attention qkv as q, k, v or one layer")
     p.add_argument("--a2-tokens", action="store_true", help="also A2 with every token/position a sample")
-    p.add_argument("--max-rows", type=int, default=20000, help="row cap of the --a2-tokens subsample")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-rows", type=positive_int, default=20000, help="row cap of the --a2-tokens subsample")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="probe batch size (default: 64)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: <checkpoint folder>/diversity, or runs/diversity/<name>)")
 
 
+def _probe_dataset(source: str, split: str, size: int | None, image_size: int, seed: int):
+    """The held-out split, with the evaluation transform for real images (built-in ones need none)."""
+    from ..data import build_dataset, create_transforms
+    from ..utils.errors import QuadformerError
+
+    transform = "auto" if source.startswith("builtin:") else create_transforms(image_size, is_training=False)
+    try:
+        return build_dataset(source, split, image_size, transform=transform, size=size, seed=seed)
+    except KeyError as e:
+        raise QuadformerError(str(e.args[0]) if e.args else str(e)) from None
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..models.loading import load_model
+    from ..diversity import format_table, fresh_init, measure_diversity, plot_per_layer, write_csv, write_json
     from ..diversity.measure import feature_dim, item_images, recommended_num_images
-    from ..diversity.plot import plot_per_layer
-    from ..diversity.report import format_table, fresh_init, measure_diversity, write_csv, write_json
-    from ..train.engine import build_dataset, pick_device
+    from ..models.loading import load_model
     from ..utils.errors import QuadformerError
 
     if args.threads:
@@ -77,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
         raise QuadformerError("--model-kwargs must be a JSON object, e.g. '{\"num_patches\": 28}'")
     lm = load_model(args.model, arch=args.arch, num_classes=args.num_classes, image_size=args.image_size,
                     init_seed=args.init_seed, model_kwargs=kwargs, weights=args.weights)
-    device = torch.device(args.device) if args.device else pick_device()
+    device = parse_device(args.device)
     source = args.data or lm.data.get("val") or lm.data.get("train") or DEFAULT_DATA
     data_seed = args.data_seed if args.data_seed is not None else int(lm.data.get("data_seed", 0) or 0)
-    ds = build_dataset(source, args.split, args.data_size, False, lm.image_size, data_seed, None)
+    ds = _probe_dataset(source, args.split, args.data_size, lm.image_size, data_seed)
     n_avail = len(ds)  # type: ignore[arg-type]
     num_images = args.num_images
     if num_images is None:

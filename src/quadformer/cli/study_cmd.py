@@ -19,20 +19,23 @@ import argparse
 import logging
 import time
 
+from ..utils.errors import QuadformerError
+from .common import positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..study import ARCHS, CONDITIONS
 
     p.add_argument("name", choices=["diversity-transfer"], help="which study")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
+    p.add_argument("--seeds", type=positive_int, nargs="+", default=None,
                    help="seeds per condition (default 5; --quick: 2); one value per --arch, or one for all")
     p.add_argument("--quick", action="store_true", help="small data and few epochs: a smoke run")
     p.add_argument("--arch", nargs="+", default=["vit"], choices=list(ARCHS),
                    help="architecture(s) of the studied models; with several, also a pooled report "
                         "(architecture fixed effects, accuracy vs GMACs)")
     p.add_argument("--conditions", nargs="+", default=None, choices=list(CONDITIONS), help="default: the core set")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--resamples", type=positive_int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--out", default=None, help="output folder (default outputs/study, or outputs/study_quick)")
 
 
@@ -47,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     archs = list(dict.fromkeys(args.arch))
     seeds = args.seeds or [None]
     if len(seeds) not in (1, len(archs)):
-        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: give one value, or one per --arch ({len(archs)})")
+        raise QuadformerError(f"--seeds {' '.join(map(str, seeds))}: give one value, or one per --arch ({len(archs)})")
     if any(n is not None and n < 1 for n in seeds):
-        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: need at least 1 (5 for the paired contrasts)")
+        raise QuadformerError(f"--seeds {' '.join(map(str, seeds))}: need at least 1 (5 for the paired contrasts)")
     seeds = seeds * len(archs) if len(seeds) == 1 else seeds
     t0 = time.perf_counter()
     out = args.out or ("outputs/study_quick" if args.quick else "outputs/study")

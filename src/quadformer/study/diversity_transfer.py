@@ -101,6 +101,16 @@ class Study:
         unknown = [c for c in sc.conditions if c not in CONDITIONS]
         if unknown:
             raise QuadformerError(f"unknown conditions {unknown}; use {', '.join(CONDITIONS)}")
+        for name in ("seeds", "image_size", "train_size", "val_size", "batch_size", "sup_epochs", "ssl_epochs",
+                     "teacher_epochs", "long_factor", "upstream_probe_train", "diversity_images"):
+            v = getattr(sc, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise QuadformerError(f"study setting {name}={v!r} must be an integer >= 1")
+        for name in ("lr", "ssl_lr"):
+            if not getattr(sc, name) > 0:
+                raise QuadformerError(f"study setting {name}={getattr(sc, name)!r} must be > 0")
+        if sc.trajectory_points < 0:
+            raise QuadformerError(f"study setting trajectory_points={sc.trajectory_points} must be >= 0")
         self.sc, self.out = sc, Path(out)
         self.runs = self.out / "runs" / sc.arch
         self.measure_dir = self.out / "measurements" / sc.arch

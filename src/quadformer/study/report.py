@@ -258,7 +258,7 @@ def write_report(rows: list[dict], out: Path, tag: str, settings: dict, resample
                   f"({', '.join(h['tasks_won']) or 'none'}); upstream head accuracy diff {_fmt(h['up_acc_diff'])}; "
                   f"A1 diff {_fmt(h['A1_diff'], 4)}; {h['seeds']} seeds -> target {'MET' if h['met'] else 'not met'}")
     md += ["", "## H4: does diversity explain transfer beyond accuracy?", "",
-           "Partial correlation r(D, T_agg | A) with a 2000-resample bootstrap 95% interval over models; "
+           f"Partial correlation r(D, T_agg | A) with a {resamples}-resample bootstrap 95% interval over models; "
            "OLS on z-scores T ~ A vs T ~ A + D.", "", h4_table(h4) if h4 else "(too few models)", ""]
     if train_seconds:
         md += ["## Compute", "", *compute_lines(rows, train_seconds), ""]
@@ -292,7 +292,7 @@ def write_pooled_report(rows: list[dict], out: Path, tag: str, resamples: int = 
         md += [f"## {arch}", "", summary_table([r for r in rows if r["arch"] == arch], cols, conds), ""]
     h4 = h4_analysis(rows, single, multi, resamples)
     md += ["## H4 with architecture fixed effects", "",
-           "Partial r(D, T_agg | A, architecture), bootstrap 95% interval over models.", "",
+           f"Partial r(D, T_agg | A, architecture), {resamples}-resample bootstrap 95% interval over models.", "",
            h4_table(h4) if h4 else "(too few models)", ""]
     pop = population(rows)
     train_conds = [c for c in conds if c != "rand"]

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..utils.errors import QuadformerError
 
-__all__ = ["Task", "TASK_KEYS", "builtin_tasks", "load_tasks", "validate_spec"]
+__all__ = ["Task", "TASK_KEYS", "builtin_tasks", "load_tasks", "validate_spec", "check_label_spaces"]
 
 TASK_KEYS = ("name", "train", "test", "split_train", "split_test", "size", "train_size", "test_size", "seed")
 
@@ -217,28 +217,42 @@ def load_tasks(source: str | os.PathLike) -> list[Task]:
     return tasks
 
 
+def _label_space(ds: Any) -> tuple[list[str], int | None]:
+    n = getattr(ds, "num_classes", None)
+    return list(getattr(ds, "class_names", None) or []), (int(n) if n is not None else None)
+
+
 def check_label_spaces(tasks: list[Task], image_size: int = 32) -> None:
-    """Train and test of every task must share one class list (labels are indices into it):
-    a test label unknown to train, or a class missing from one side, shifts every index.
-    Builds the (lazily loading) datasets only, so it runs before any model work."""
+    """Train and test of every task must share one label space, judged by ``class_names`` (and
+    ``num_classes``): labels are indices into it, so a test class unknown to train, a class
+    missing from one side or another order shifts every index. Builds the (lazily loading)
+    datasets only, so it runs before any model work; a built-in task read from one generator
+    on both sides has one label space by construction and is not built."""
     from .features import DataRef, build_eval_dataset
 
     errors = []
     for t in tasks:
-        if t.train.startswith("builtin:"):
+        if t.train.startswith("builtin:") and t.train == t.test:
             continue
+        small = 2 if t.train.startswith("builtin:") else None  # built-in: a tiny draw shows the classes
         try:
-            tr = build_eval_dataset(DataRef(t.train, t.split_train, image_size, size=t.train_size, seed=t.seed))
-            te = build_eval_dataset(DataRef(t.test, t.split_test, image_size, size=t.test_size, seed=t.seed))
-        except (OSError, ValueError, KeyError) as e:
+            tr = build_eval_dataset(DataRef(t.train, t.split_train, image_size, size=small or t.train_size,
+                                            seed=t.seed))
+            te = build_eval_dataset(DataRef(t.test, t.split_test, image_size, size=small or t.test_size,
+                                            seed=t.seed))
+        except (QuadformerError, OSError, KeyError) as e:
             errors.append(f"task {t.name!r}: {e}")
             continue
-        a, b = list(getattr(tr, "class_names", [])), list(getattr(te, "class_names", []))
+        (a, na), (b, nb) = _label_space(tr), _label_space(te)
+        what = None
         if a and b and a != b:
             unknown = [c for c in b if c not in a]
             missing = [c for c in a if c not in b]
             what = (f"test classes unknown to train: {unknown[:5]}" if unknown else
                     f"classes missing from test: {missing[:5]}" if missing else "the same classes in another order")
+        elif na is not None and nb is not None and na != nb:
+            what = f"{na} training classes, {nb} test classes"
+        if what:
             errors.append(f"task {t.name!r}: train and test label sets differ ({what}); give both splits the same "
                           f"class list (ImageFolder: the same class folders; CSV: one-hot columns or one file "
                           f"with a split column)")
