@@ -189,7 +189,7 @@ def test_feature_weights_none_raises_with_help():
 
 
 def test_feature_missing_file_raises():
-    with pytest.raises(FileNotFoundError, match="random"):
+    with pytest.raises(ValueError, match="random"):  # a QuadformerError: one line in the CLI
         FeatureScorer("/nonexistent/weights.pth")
 
 

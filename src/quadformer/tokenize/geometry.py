@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from ..utils.errors import QuadformerError
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -17,9 +18,9 @@ def _is_power_of_two(n: int) -> bool:
 def _check_patch_sizes(p_min: int, p_max: int) -> int:
     """Validate the patch-size pair and return the number of scales L."""
     if int(p_min) != p_min or p_min < 1:
-        raise ValueError(f"p_min={p_min} is illegal: the smallest patch side must be an integer >= 1")
+        raise QuadformerError(f"p_min={p_min} is illegal: the smallest patch side must be an integer >= 1")
     if int(p_max) != p_max or p_max < p_min or not _is_power_of_two(p_max // p_min) or p_max % p_min:
-        raise ValueError(
+        raise QuadformerError(
             f"p_max={p_max} is illegal for p_min={p_min}: p_max/p_min must be a power of two "
             f"(e.g. p_max={p_min * 2} or {p_min * 4})"
         )
@@ -31,7 +32,7 @@ def _check_image_size(height: int, width: int, p_max: int) -> None:
         def near(v: int) -> str:
             lo = (v // p_max) * p_max
             return f"{lo} or {lo + p_max}" if lo > 0 else f"{p_max}"
-        raise ValueError(
+        raise QuadformerError(
             f"image size {height}x{width} is not a multiple of p_max={p_max} on both axes; "
             f"use height {near(height)} and width {near(width)}, or a smaller p_max"
         )
@@ -90,7 +91,7 @@ class QuadGeometry:
             hint = f"the maximum is {nmax}"
         else:
             hint = "nearest: " + ", ".join(map(str, nearest_legal_budgets(n, *self._hw_p)))
-        raise ValueError(f"N={n} impossible for {geo}; {hint}")
+        raise QuadformerError(f"N={n} impossible for {geo}; {hint}")
 
     @property
     def _hw_p(self) -> tuple[int, int, int, int]:

@@ -17,6 +17,7 @@ import torch
 from ..utils.io import atomic_write
 from ..utils.state_dict import load_torch_file
 from .state import Parts, TrainState
+from ..utils.errors import QuadformerError
 
 FORMAT = 2  # 1: weights under model/ema
 
@@ -29,7 +30,11 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint, read with ``weights_only=True``."""
-    return load_torch_file(path)
+    ck = load_torch_file(path)
+    if not isinstance(ck, dict) or not ("state_dict" in ck or "model" in ck):
+        raise QuadformerError(f"{path} is not a training checkpoint (it holds a {type(ck).__name__} without "
+                              f"state_dict/model); pass a last.pt written by `quadformer train`")
+    return ck
 
 
 def model_weights(ck: dict[str, Any]) -> dict[str, torch.Tensor]:

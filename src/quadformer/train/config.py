@@ -180,7 +180,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise QuadformerError(f"config file not found: {p}")
         try:
             data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise QuadformerError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise QuadformerError(f"config {p} must be a mapping of sections, got {type(data).__name__}")
@@ -195,7 +195,7 @@ def validate(cfg: Config) -> None:
         raise QuadformerError(f"train.amp={cfg.train.amp!r}; use auto, bf16, fp16 or off")
     if cfg.data.batch_size < 1 or cfg.train.epochs < 1:
         raise QuadformerError("data.batch_size and train.epochs must be >= 1")
-    if cfg.optim.lr <= 0:
+    if not cfg.optim.lr > 0:  # NaN too
         raise QuadformerError(f"optim.lr={cfg.optim.lr} must be > 0")
     from .objectives import KINDS, SSL_METHODS
 

@@ -10,16 +10,44 @@ import io
 import json
 import math
 import os
+import socket
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 
+def _temp_prefix(path: Path, pid: int | None = None) -> str:
+    return f".{path.name}.{socket.gethostname()}-{os.getpid() if pid is None else pid}."
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temp files of ``path`` left by writers of this host that were killed mid-write
+    (SIGKILL runs no cleanup); a live writer's temp file is kept."""
+    host = f".{path.name}.{socket.gethostname()}-"
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        rest = tmp.name[len(host):] if tmp.name.startswith(host) else ""
+        pid = rest.split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # that writer is gone
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a unique temp file beside ``path``, fsync, then rename it over ``path``."""
+    """Call ``write(f)`` on a unique temp file beside ``path``, fsync, then rename it over ``path``.
+
+    Temp files carry the writer's host and PID, so the next write of ``path`` removes those of
+    a killed writer: nothing is left behind once a killed run has been resumed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -47,14 +75,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def jsonable(x: Any) -> Any:
     """``x`` with numpy scalars/arrays as Python numbers/lists, tuples as lists, dict keys as
-    strings and NaN as ``None`` (JSON has no NaN)."""
+    strings and NaN/inf as ``None`` (JSON has neither)."""
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [jsonable(v) for v in x]
     if hasattr(x, "tolist") and hasattr(x, "dtype"):  # numpy array or scalar
         return jsonable(x.tolist())
-    if isinstance(x, float) and math.isnan(x):
+    if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
 

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...utils.errors import QuadformerError
+from ...utils.state_dict import load_torch_file
+
 #: Output stride of each ShuffleNetV2 tap (spec §7): the last module kept for it.
 SHUFFLENET_TAPS: dict[int, str] = {8: "stage2", 16: "stage3", 32: "conv5"}
 _SHUFFLENET_ORDER = ("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5")
@@ -82,10 +85,14 @@ def _torchvision_shufflenet(weights_name: str | None) -> nn.Module:
         enum = ShuffleNet_V2_X0_5_Weights[key]
     except KeyError:
         valid = ", ".join(ShuffleNet_V2_X0_5_Weights.__members__)
-        raise ValueError(
+        raise QuadformerError(
             f"unknown torchvision weights {weights_name!r} for shufflenet_v2_x0_5; valid: {valid}"
         ) from None
-    return shufflenet_v2_x0_5(weights=enum)
+    try:
+        return shufflenet_v2_x0_5(weights=enum)
+    except OSError as e:  # URLError included: no network, and not in torch's cache
+        raise QuadformerError(f"torchvision weights {weights_name!r} are not in the torch hub cache and cannot be "
+                              f"downloaded ({e.__class__.__name__}); pass a local weights file") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -94,19 +101,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     (DDP) or ``backbone.`` prefix shared by all keys is stripped."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file {str(path)!r} does not exist; {WEIGHTS_HELP}")
+        raise QuadformerError(f"backbone weights file {str(path)!r} does not exist; {WEIGHTS_HELP}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd: Mapping = load_file(str(path))
+        try:
+            sd: Mapping = load_file(str(path))
+        except Exception as e:  # noqa: BLE001  (any unreadable file: one line naming it)
+            raise QuadformerError(f"cannot read backbone weights {str(path)!r} as safetensors ({e}); {WEIGHTS_HELP}") from None
     else:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = load_torch_file(path, "backbone weights")
         for key in ("state_dict", "model"):
             if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
                 sd = sd[key]
                 break
     if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
+        raise QuadformerError(f"{str(path)!r} does not hold a state dict of tensors; {WEIGHTS_HELP}")
     sd = dict(sd)
     for prefix in ("module.", "backbone."):
         if sd and all(k.startswith(prefix) for k in sd):
@@ -126,7 +136,7 @@ def load_backbone_weights(
     missing = sorted(own - given)
     unexpected = sorted(given - own - extra)
     if missing or unexpected:
-        raise ValueError(
+        raise QuadformerError(
             f"backbone weights do not match {type(module).__name__}: missing keys {missing[:8]}"
             f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
             f"{' ...' if len(unexpected) > 8 else ''}"
@@ -144,7 +154,7 @@ def shufflenet_backbone(tap_stride: int = 32, weights: str | os.PathLike | None 
     if tap_stride not in SHUFFLENET_TAPS:
         raise ValueError(f"ShuffleNetV2 taps are at strides {sorted(SHUFFLENET_TAPS)}, got tap_stride={tap_stride}")
     if weights is None:
-        raise ValueError(f"the feature scorer's backbone has no weights: {WEIGHTS_HELP}")
+        raise QuadformerError(f"the feature scorer's backbone has no weights: {WEIGHTS_HELP}")
     if isinstance(weights, str) and weights.startswith("timm:"):
         return timm_backbone(weights[len("timm:"):], tap_stride, pretrained=True)
     if isinstance(weights, str) and weights.startswith("torchvision:"):
@@ -155,7 +165,10 @@ def shufflenet_backbone(tap_stride: int = 32, weights: str | os.PathLike | None 
         full = _torchvision_shufflenet(None)
         tap = ShuffleNetTap(full, tap_stride)
         full_keys = {k for k in full.state_dict() if not k.startswith("fc.")}
-        load_backbone_weights(tap, read_state_dict(weights), allowed_extra=full_keys)
+        try:
+            load_backbone_weights(tap, read_state_dict(weights), allowed_extra=full_keys)
+        except QuadformerError as e:
+            raise QuadformerError(f"{weights}: {e}") from None
         return tap
     raise TypeError(f"weights must be a str or path, got {type(weights).__name__}; {WEIGHTS_HELP}")
 

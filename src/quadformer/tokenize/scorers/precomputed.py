@@ -14,6 +14,7 @@ from torch import Tensor
 from ..geometry import QuadGeometry
 from ..validation import validating
 from .base import PatchScorer, to_grid
+from ...utils.errors import QuadformerError
 
 
 def _check_map(m: Tensor, batch: int, what: str) -> Tensor:
@@ -25,7 +26,7 @@ def _check_map(m: Tensor, batch: int, what: str) -> Tensor:
         raise ValueError(f"{what} has batch size {m.shape[0]} but the images have {batch}")
     m = m.float()
     if validating(m) and bool(torch.isnan(m).any()):
-        raise ValueError(f"{what} contains NaN; importance maps must be real numbers")
+        raise QuadformerError(f"{what} contains NaN; importance maps must be real numbers")
     return m
 
 
