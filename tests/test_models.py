@@ -239,7 +239,9 @@ def _train_checkpoint(path, layout: str) -> tuple[dict, dict]:
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in raw.items()}
     keys = ("state_dict", "state_dict_ema") if layout == "timm" else ("model", "ema")
     torch.save({keys[0]: raw, keys[1]: ema, "num_classes": 3, "class_names": ["a", "b", "c"],
-                "config": {"model": {"name": "quadformer_micro_patch4_32", "num_patches": 28, "kwargs": MICRO},
+                # pretrained=True said where the run's initial weights came from; a rebuild ignores it
+                "config": {"model": {"name": "quadformer_micro_patch4_32", "num_patches": 28,
+                                     "kwargs": {**MICRO, "pretrained": True}},
                            "data": {"image_size": 32}, "seed": 7}}, path)
     return raw, ema
 

@@ -80,15 +80,19 @@ def file_digest(path: str | Path) -> str:
     return _sha256(path)[:16]
 
 
+#: kwargs that only say where initial weights come from: a rebuild for saved weights ignores them
+INIT_ONLY_KWARGS = ("pretrained", "pretrained_cfg_overlay", "checkpoint_path", "vanilla_checkpoint")
+
+
 def create_from_config(model_cfg: dict[str, Any], image_size: int, num_classes: int) -> nn.Module:
     """Rebuild a model from the ``model`` section of a training config."""
     unknown = set(model_cfg) - {"name", "num_patches", "kwargs", "vanilla_checkpoint", "init_checkpoint"}
     if unknown or not model_cfg.get("name"):
         raise QuadformerError(f"model config {model_cfg} is not a quadformer model section (unknown keys "
                               f"{sorted(unknown)}); re-export the model with `quadformer train`")
+    kwargs = {k: v for k, v in (model_cfg.get("kwargs") or {}).items() if k not in INIT_ONLY_KWARGS}
     try:
-        return build_model(model_cfg["name"], num_classes, int(image_size), model_cfg.get("num_patches", 64),
-                           model_cfg.get("kwargs") or {})
+        return build_model(model_cfg["name"], num_classes, int(image_size), model_cfg.get("num_patches", 64), kwargs)
     except TypeError as e:
         raise QuadformerError(f"cannot build {model_cfg.get('name')!r} with kwargs {model_cfg.get('kwargs')}: "
                               f"{e}; fix the model kwargs") from None
@@ -99,7 +103,7 @@ def _create_timm(name: str, num_classes: int, image_size: int | None, kwargs: di
     that take ``img_size`` (ViTs), ours always get it (as ``quadformer train`` does)."""
     import timm
 
-    kw = {k: v for k, v in kwargs.items() if k not in ("vanilla_checkpoint", "pretrained", "checkpoint_path")}
+    kw = {k: v for k, v in kwargs.items() if k not in INIT_ONLY_KWARGS}
     kw["num_classes"] = num_classes
     if image_size is not None and "img_size" not in kw:
         if is_ours(name):
