@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .geometry import QuadGeometry
-from .validation import validating
+from .validation import is_tracing, validating
 
 _INT64_MAX = 2**63 - 1
 
@@ -94,6 +94,22 @@ def _flatten_scores(scores: list[Tensor], geometry: QuadGeometry) -> Tensor:
     return out
 
 
+def _descending_rank(flat: Tensor) -> Tensor:
+    """Position of each entry of ``[B, T]`` in its row sorted descending, ties by index.
+
+    Eager: one stable sort. Traced (export, ONNX, torch.compile): the same ranks counted by
+    exact comparisons (``#greater + #equal before``), since ONNX has no stable sort; the
+    ``[B, T, T]`` comparison is small for the T of real geometries."""
+    B, T = flat.shape
+    positions = torch.arange(T, device=flat.device)
+    if is_tracing():
+        a, b = flat.unsqueeze(2), flat.unsqueeze(1)  # a: entry i, b: entry j
+        before = (b > a) | ((b == a) & (positions.view(1, 1, T) < positions.view(1, T, 1)))
+        return before.sum(2)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    return torch.zeros_like(order).scatter(1, order, positions.expand(B, T))
+
+
 def _upsample_nearest(x: Tensor, factor: int) -> Tensor:
     """``[B, h, w] -> [B, h*f, w*f]`` by repetition (a child reads its parent's value)."""
     if factor == 1:
@@ -122,8 +138,7 @@ def select_splits(
         return split
     flat = _flatten_scores(scores, geometry).float()  # [B, T]
     T = flat.shape[1]
-    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
-    rank = torch.zeros_like(order).scatter(1, order, torch.arange(T, device=device).expand(B, T))
+    rank = _descending_rank(flat)
 
     # Per-depth rank maps (depth d = L-1-s), then suffix maxima along root-to-node paths.
     rank_maps, start = [], 0
@@ -193,7 +208,8 @@ def select_tokens(
     canonical emission order (side descending, then y, then x)."""
     mask = token_mask(select_splits(scores, geometry, batch_size, device), geometry)
     n, m = geometry.num_patches, geometry.num_cells
-    # Distinct keys (tokens first, canonical position within): the N smallest in sorted order
-    # are the tokens in canonical order, with no reliance on a stable sort (ONNX TopK).
-    key = torch.arange(m, device=mask.device) + (~mask).to(torch.int64) * m
-    return torch.topk(key, n, dim=1, largest=False, sorted=True).indices
+    # A token's output slot is the number of tokens before it (a cumsum); non-tokens write to
+    # a spare slot n, dropped. No sort: canonical order by construction, on every backend.
+    slot = torch.where(mask, torch.cumsum(mask, 1) - 1, n)
+    cells = torch.arange(m, device=mask.device).expand(mask.shape[0], m)
+    return torch.zeros(mask.shape[0], n + 1, dtype=torch.int64, device=mask.device).scatter(1, slot, cells)[:, :n]

@@ -1,4 +1,4 @@
-"""The blur used by the pixel-blur and feature scorers (spec §7).
+"""The blur used by the pixel-blur and feature scorers (``docs/design/mixed_resolution.md``).
 
 ``blur_s = up(down(x, (H/2^s, W/2^s)), (H, W))``, both bilinear, ``align_corners=False``,
 no antialias: what the image looks like when every region is represented by ``p_s`` patches
@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..validation import is_tracing
+
 
 def _up_taps(f: int) -> list[tuple[int, float]]:
     """For each offset ``k`` in an ``f``-block: (start in the edge-padded axis, weight of the
@@ -33,6 +35,9 @@ def _up_taps(f: int) -> list[tuple[int, float]]:
 def _up_cols(s: Tensor, f: int) -> Tensor:
     n = s.shape[-1]
     sp = torch.cat([s[..., :1], s, s[..., -1:]], dim=-1)
+    if is_tracing():  # the same lerps, stacked: no out= into views (torch.compile fullgraph)
+        return torch.stack([torch.lerp(sp[..., o:o + n], sp[..., o + 1:o + 1 + n], w) for o, w in _up_taps(f)],
+                           -1).flatten(-2)
     out = s.new_empty(*s.shape, f)
     for k, (o, w) in enumerate(_up_taps(f)):
         torch.lerp(sp[..., o:o + n], sp[..., o + 1:o + 1 + n], w, out=out[..., k])
@@ -42,6 +47,9 @@ def _up_cols(s: Tensor, f: int) -> Tensor:
 def _up_rows(s: Tensor, f: int) -> Tensor:
     n = s.shape[-2]
     sp = torch.cat([s[..., :1, :], s, s[..., -1:, :]], dim=-2)
+    if is_tracing():
+        return torch.stack([torch.lerp(sp[..., o:o + n, :], sp[..., o + 1:o + 1 + n, :], w)
+                            for o, w in _up_taps(f)], -2).flatten(-3, -2)
     out = s.new_empty(*s.shape[:-1], f, s.shape[-1])
     for k, (o, w) in enumerate(_up_taps(f)):
         torch.lerp(sp[..., o:o + n, :], sp[..., o + 1:o + 1 + n, :], w, out=out[..., k, :])
@@ -61,7 +69,7 @@ def blur(images: Tensor, scale: int) -> Tensor:
     f = 1 << scale
     if scale < 1 or h % f or w % f:
         raise ValueError(f"image size {h}x{w} is not divisible by 2**{scale}={f} (scale must be >= 1)")
-    if images.device.type == "cpu":
+    if images.device.type == "cpu" or is_tracing():  # one graph on every device when exported
         return _up_rows(_up_cols(_down(images, f), f), f)
     small = F.interpolate(images, size=(h // f, w // f), mode="bilinear", align_corners=False, antialias=False)
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=False)

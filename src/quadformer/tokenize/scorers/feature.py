@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import QuadGeometry
+from ..validation import is_tracing
 from ._checks import check_images
 from .backbones import (
     SHUFFLENET_TAPS,
@@ -206,7 +207,9 @@ class FeatureScorer(PatchScorer):
             return []
         with torch.no_grad():
             chunk = self.chunk_size
-            if chunk is None:
+            if is_tracing():
+                chunk = images.shape[0]  # one graph for any batch size
+            elif chunk is None:
                 if images.device.type != "cpu":
                     chunk = images.shape[0]
                 elif isinstance(self._inference_backbone(), FastShuffleNet):
@@ -228,7 +231,9 @@ class FeatureScorer(PatchScorer):
         x = images.float()
         if self.convert:
             x = x * self.norm_scale.to(x.device) + self.norm_shift.to(x.device)
-        backbone = self._inference_backbone()
+        # Traced (export, ONNX, torch.compile): the frozen module itself; the CPU fast copy uses
+        # oneDNN-only ops and out= writes. Equal up to float rounding.
+        backbone = self.backbone if is_tracing() else self._inference_backbone()
         fast = isinstance(backbone, FastShuffleNet)
         passes: list = [x]
         for j in range(1, n + 1):

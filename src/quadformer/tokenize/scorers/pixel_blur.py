@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..geometry import QuadGeometry
+from ..validation import is_tracing
 from ._checks import check_images
 from .base import PatchScorer
 from .blur import blur
@@ -29,7 +30,7 @@ class PixelBlurScorer(PatchScorer):
         # allocations (~3x faster than one pass over a large batch); GPUs want one pass.
         b = images.shape[0]
         chunk = max(1, self.chunk_elements // max(1, images[0].numel())) if b else 1
-        if images.device.type != "cpu" or b <= chunk:
+        if images.device.type != "cpu" or b <= chunk or is_tracing():
             return self._score_chunk(images.float(), geometry)
         parts = [self._score_chunk(c.float(), geometry) for c in images.split(chunk)]
         return [torch.cat(maps) for maps in zip(*parts)]
@@ -39,11 +40,11 @@ class PixelBlurScorer(PatchScorer):
         maps = []
         for s in range(1, geometry.num_scales):
             p = geometry.patch_size(s)
-            err = blur(x, s).sub_(x).square_()  # (blur_s - x)^2, in place
+            err = (blur(x, s) - x).square() if is_tracing() else blur(x, s).sub_(x).square_()  # (blur_s - x)^2
             b, c, h, w = err.shape
             # mean over channels and the p x p pixels (a view: cheaper than avg_pool2d)
             mse = err.view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
-            maps.append(mse.mul_(p).sqrt_())
+            maps.append((mse * p).sqrt())
         return maps
 
     def gmacs(self, geometry: QuadGeometry, channels: int = 3) -> float:
