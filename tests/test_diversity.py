@@ -400,3 +400,21 @@ def _err(mod, argv) -> str:
     with pytest.raises(QuadformerError) as e:
         mod.run(_parse(argv))
     return str(e.value)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--batch-size", "0"], "--batch-size"), (["--num-images", "1"], "--num-images"),
+    (["--num-images", "0"], "--num-images"), (["--max-rows", "0"], "--max-rows"),
+    (["--probe-seed", "-1"], "--probe-seed"), (["--data-size", "x"], "--data-size"),
+    (["--threads", "-1"], "--threads"), (["--num-classes", "-2"], "--num-classes"),
+])
+def test_cli_bad_numbers_are_one_line(argv, needle, capsys, tmp_path):
+    from quadformer.cli.main import main
+
+    try:
+        rc = main(["diversity", "resnet10t", "--out", str(tmp_path / "out"), *argv])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

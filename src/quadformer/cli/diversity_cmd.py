@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                f"else {DEFAULT_DATA})")
     p.add_argument("--split", default="val", help="split of --data (default: val)")
     p.add_argument("--num-images", type=positive_int, default=None,
-                   help="probe images (default: the spec's minimum max(2000, 5d), d = feature dim)")
+                   help="probe images (default: the minimum max(2000, 5d) of docs/design/diverse_transfer.md §2, d = feature dim)")
     p.add_argument("--data-size", type=positive_int, default=None, help="images in the built-in split (default: the source's)")
     p.add_argument("--data-seed", type=nonneg_int, default=None,
                    help="draw of a built-in task (default: the checkpoint's, or 0)")
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.num_images is not None and args.num_images < 2:
-        raise QuadformerError(f"--num-images {args.num_images}: need at least 2 (spec: >= max(2000, 5d))")
+        raise QuadformerError(f"--num-images {args.num_images}: need at least 2 (>= max(2000, 5d) for reported numbers)")
     try:
         kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     except json.JSONDecodeError as e:

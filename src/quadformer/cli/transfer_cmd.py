@@ -113,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--knn-k", type=positive_int, nargs="+", default=[10, 20, 200], help="k values (default: 10 20 200)")
     g.add_argument("--shots", type=positive_int, nargs="+", default=[1, 5, 10],
                    help="examples per class (default: 1 5 10)")
-    g.add_argument("--draws", type=positive_int, default=20, help="seeded draws per k, >= 20 per spec (default: 20)")
+    g.add_argument("--draws", type=positive_int, default=20, help="seeded draws per k, >= 20 by design (default: 20)")
     g.add_argument("--fewshot-c", type=positive_float, default=1.0,
                    help="fixed C for k < 5 (k >= 5: nested validation on the smoke grid) (default: 1.0)")
     g = p.add_argument_group("fine-tuning")

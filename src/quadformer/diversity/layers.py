@@ -1,4 +1,4 @@
-"""Which layers of a model the diversity metrics look at (spec §2).
+"""Which layers of a model the diversity metrics look at (docs/design/diverse_transfer.md §2).
 
 * **Filter layers** (W1, W2): every backbone ``Conv1d/2d/3d`` (grouped and depthwise
   included: one kernel ``C_in/groups · k…`` per output channel) and ``Linear`` (one fan-in

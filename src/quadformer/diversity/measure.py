@@ -1,4 +1,4 @@
-"""Run a model over a fixed probe set and measure activation diversity (A1, A2, A3; spec §2).
+"""Run a model over a fixed probe set and measure activation diversity (A1, A2, A3; docs/design/diverse_transfer.md §2).
 
 * Probe set: a seeded subset (``probe_indices``) of a held-out dataset; the indices are
   returned so they can be saved and reused (e.g. for the init model).
@@ -42,7 +42,7 @@ def probe_indices(num_total: int, num_images: int, seed: int = 0) -> list[int]:
 
 
 def recommended_num_images(feature_dim: int) -> int:
-    """Spec §2: A1 wants N >= max(2000, 5d)."""
+    """docs/design/diverse_transfer.md §2: A1 wants N >= max(2000, 5d)."""
     return max(2000, 5 * int(feature_dim))
 
 

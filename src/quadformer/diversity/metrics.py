@@ -1,4 +1,4 @@
-"""Diversity metrics of spec §2 as pure functions on tensors (float64 internally).
+"""Diversity metrics of docs/design/diverse_transfer.md §2 as pure functions on tensors (float64 internally).
 
 * :func:`erank` -- effective rank exp(-Σ p_r log p_r), p_r = σ_r / Σσ over non-zero σ.
 * W1 :func:`filter_cosine_diversity` -- 1 - mean_{i≠j} |ŵ_i·ŵ_j| (exact; blocked for large K).

@@ -1,7 +1,7 @@
-"""Per-layer and model-level diversity, Δ vs init, and the files a run writes (spec §2).
+"""Per-layer and model-level diversity, Δ vs init, and the files a run writes (docs/design/diverse_transfer.md §2).
 
-``measure_diversity(model, probe, init_model=fresh_init(factory, seed))`` gives every §2
-metric for the model, the same for a freshly initialised copy of its architecture (same
+``measure_diversity(model, probe, init_model=fresh_init(factory, seed))`` gives every
+metric of docs/design/diverse_transfer.md §2 for the model, the same for a freshly initialised copy of its architecture (same
 init seed, same probe images) and ``delta_vs_init`` = metric − metric_at_init, per layer
 and for the unweighted model means.
 """
@@ -76,7 +76,7 @@ def measure_diversity(model: nn.Module, probe_dataset: Any = None, init_model: n
                       num_images: int = 2000, batch_size: int = 64, device: str | torch.device | None = None,
                       seed: int = 0, qkv: str = "split", exclude: Iterable[str] = (), a2_tokens: bool = False,
                       max_rows: int = 20000, block_size: int | None = None) -> dict[str, Any]:
-    """Every §2 metric of ``model`` (activations only when ``probe_dataset`` is given) and,
+    """Every metric of docs/design/diverse_transfer.md §2 of ``model`` (activations only when ``probe_dataset`` is given) and,
     with ``init_model``, the same at init on the *same* probe images plus ``delta_vs_init``.
 
     Returns ``{"metrics": {W1, W2, A1, A1_meanpool, A2, A3, A3_meanpool}, "weights": ...,

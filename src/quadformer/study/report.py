@@ -272,7 +272,7 @@ def write_report(rows: list[dict], out: Path, tag: str, settings: dict, resample
 
 def write_pooled_report(rows: list[dict], out: Path, tag: str, resamples: int = 2000) -> dict[str, Any]:
     """Several architectures together: per (architecture, condition) means with GMACs, and the
-    H4 regressions with architecture fixed effects (spec §5)."""
+    H4 regressions with architecture fixed effects (docs/design/diverse_transfer.md §5)."""
     import matplotlib
 
     matplotlib.use("Agg")

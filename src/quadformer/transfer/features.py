@@ -1,4 +1,4 @@
-"""Frozen features (docs/design: transfer protocol): eval mode, no augmentation, no gradient, batched, cached on disk.
+"""Frozen features (docs/design/diverse_transfer.md §3): eval mode, no augmentation, no gradient, batched, cached on disk.
 
 The cache key is a SHA-256 over (model digest, representation name, preprocessing (image size,
 mean, std), dataset spec, split, size, seed, :data:`FEATURE_VERSION`, and for built-in data the
@@ -111,7 +111,7 @@ def build_eval_dataset(ref: DataRef) -> Dataset:
         from ..data import list_tasks
 
         if arg not in list_tasks():
-            try:  # the offline suite's tasks (spec §6), also reachable through build_dataset
+            try:  # the offline suite's tasks (docs/design/diverse_transfer.md §6), also reachable through build_dataset
                 from ..data import build_suite_dataset, is_suite_task
             except ImportError:
                 pass

@@ -45,8 +45,8 @@ __all__ = ["LR_GRIDS", "DEFAULT_EPOCHS", "FinetuneOptions", "finetune", "head_fr
 log = logging.getLogger(__name__)
 
 LR_GRIDS: dict[str, tuple[float, ...]] = {
-    "vit": (1e-5, 3e-5, 1e-4, 3e-4),  # AdamW, the spec's ViT grid (default)
-    "toy": (0.01, 0.03, 0.1, 0.3),  # the spec's toy-CNN grid (it used SGD-Nesterov)
+    "vit": (1e-5, 3e-5, 1e-4, 3e-4),  # AdamW, the ViT grid of docs/design/diverse_transfer.md §3 (default)
+    "toy": (0.01, 0.03, 0.1, 0.3),  # the toy-CNN grid of the same section (it used SGD-Nesterov)
     "smoke": (1e-4, 3e-4, 1e-3, 3e-3),  # small models trained a few epochs from scratch
 }
 DEFAULT_EPOCHS = 12
@@ -57,7 +57,7 @@ def _check_grid(lrs: Sequence[float]) -> tuple[float, ...]:
     if not lrs or min(lrs) <= 0:
         raise ValueError(f"learning rates must be positive, got {list(lrs)}")
     if len(lrs) < 4 or lrs[-1] / lrs[0] < 30 - 1e-9:
-        warnings.warn(f"fine-tune lr grid {list(lrs)} has fewer than 4 values or spans less than 30x (spec: >= 4 "
+        warnings.warn(f"fine-tune lr grid {list(lrs)} has fewer than 4 values or spans less than 30x (the design: >= 4 "
                       f"lrs spanning >= 30x)", RuntimeWarning, stacklevel=3)
     return lrs
 

@@ -1,4 +1,4 @@
-"""Probes on frozen features (spec §3): linear probe, kNN and few-shot.
+"""Probes on frozen features (docs/design/diverse_transfer.md §3): linear probe, kNN and few-shot.
 
 Honest selection everywhere: every hyper-parameter (C, k) is chosen on a validation split carved
 from the training features with a fixed seed (:func:`validation_split`); the test features are
@@ -385,10 +385,10 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
                  multilabel: bool = False, num_classes: int | None = None, class_names: list[str] | None = None,
                  grid: str | Sequence[float] = "full", val_frac: float = 0.25, seed: int = 0,
                  max_iter: int = 1000, solver: str = "lbfgs") -> ProbeResult:
-    """Linear probe (spec §3): C picked on a stratified validation split of train, refit on all
+    """Linear probe (docs/design/diverse_transfer.md §3): C picked on a stratified validation split of train, refit on all
     train, test scored once. See the module docstring."""
     if max_iter < 1000:
-        raise ValueError(f"max_iter must be >= 1000 (spec), got {max_iter}")
+        raise ValueError(f"max_iter must be >= 1000 (docs/design/diverse_transfer.md §3), got {max_iter}")
     train_x = np.asarray(train_x, dtype=np.float64)
     test_x = np.asarray(test_x, dtype=np.float64)
     nc = _num_classes(np.asarray(train_y), multilabel, num_classes)
@@ -458,7 +458,7 @@ def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
               ks: Sequence[int] = KNN_KS, multilabel: bool = False, num_classes: int | None = None,
               class_names: list[str] | None = None, temperature: float = KNN_TEMPERATURE,
               val_frac: float = 0.25, seed: int = 0) -> ProbeResult:
-    """Weighted kNN (spec §3): every k reported on test; the headline k is the one with the
+    """Weighted kNN (docs/design/diverse_transfer.md §3): every k reported on test; the headline k is the one with the
     best validation score (validation carved from train, reference = the rest; ties -> smaller k)."""
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
     nc = _num_classes(train_y, multilabel, num_classes)
@@ -511,7 +511,7 @@ def fewshot_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
                   shots: Sequence[int] = (1, 5, 10), n_draws: int = 20, seed: int = 0, C: float = 1.0,
                   grid: str | Sequence[float] = "smoke", nested_min_shots: int = 5, num_classes: int | None = None,
                   max_iter: int = 1000) -> ProbeResult:
-    """Few-shot linear probes (spec §3; single-label only). For ``k < nested_min_shots`` the
+    """Few-shot linear probes (docs/design/diverse_transfer.md §3; single-label only). For ``k < nested_min_shots`` the
     probe uses the fixed ``C``; otherwise C is chosen on ``grid`` by a stratified validation
     split inside the draw (one example per class at k = 5, two at k = 10), then refit on the draw.
     Reports per k: every draw's test top-1 and mean per-class accuracy, mean, sd, 95 % t-interval.

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from ..utils.images import IMAGENET_MEAN, IMAGENET_STD, denormalize
+from ..utils.io import atomic_write
 
 
 def _to_uint8(img: Tensor) -> np.ndarray:
@@ -69,9 +70,4 @@ def save_mosaic_grid(
             draw.text((2, y), str(titles[i])[:100], fill=(0, 0, 0))
         sheet.paste(r, (0, y + label_h))
         y += r.height + label_h + gap
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda f: sheet.save(f, format="PNG"))
