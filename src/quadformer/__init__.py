@@ -4,4 +4,4 @@ pretraining for transfer. Importing it registers the models with timm
 
 __version__ = "0.1.0"
 
-from . import models  # noqa: E402,F401  (registers quadformer_* / uniform_vit_* with timm)
+from . import models  # noqa: F401  (registers quadformer_* / uniform_vit_* with timm)

@@ -16,8 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
-from timm.models import resolve_pretrained_cfg
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    get_pretrained_cfg,
+    register_model,
+    resolve_pretrained_cfg,
+)
 from torch import nn
 
 from ..utils.errors import QuadformerError
