@@ -64,6 +64,7 @@ def test_resume_mid_epoch_is_bit_exact_and_loses_no_logged_result(tmp_path):
     assert [r["epoch"] for r in b] == ["1", "2"]
     # each epoch's loss is the mean over the whole epoch, not over the part after the resume
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+    assert all(float(r["epoch_seconds"]) > 0 for r in b)
     assert (tmp_path / "full" / "model.safetensors").exists() and (tmp_path / "full" / "model.json").exists()
     final = json.loads((tmp_path / "full" / "summary.json").read_text())["final"]
     # resuming a finished run, or rerunning after a kill during the export, keeps the results
@@ -78,6 +79,8 @@ def test_resume_mid_epoch_is_bit_exact_and_loses_no_logged_result(tmp_path):
         {k: final[k] for k in ("epoch", "train_loss", "val_top1")}
     assert_same_weights(load_file(tmp_path / "full" / "model.safetensors"), load_file(cut_dir / "model.safetensors"))
     assert [r["epoch"] for r in rows(cut_dir)] == ["1", "2"]
+    (cut_dir / ".last.pt.x1y2.tmp").write_bytes(b"")  # an atomic write killed before its rename
+    train(cfg_for(cut_dir), resume="last")
     assert not [p.name for p in cut_dir.iterdir() if p.name.endswith(".tmp")]
 
 

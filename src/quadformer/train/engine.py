@@ -175,7 +175,7 @@ def resume_run(ck: dict[str, Any], parts: Parts, plan: Plan, planned_epochs: int
     if not state.run_id:
         state.run_id = uuid.uuid4().hex[:12]
     if info.is_main:
-        log.info("resumed at epoch %d step %d", state.epoch, state.step_in_epoch)
+        log.info("resumed at epoch %d step %d", state.epoch + 1, state.step_in_epoch)
     if planned_epochs is not None:
         before = parts.optimizer.param_groups[0]["lr"]
         parts.scheduler.step_update(num_updates=state.global_step)
@@ -325,7 +325,6 @@ def train(cfg: Config, resume: str | Path | None = None, stop_after_steps: int |
                            out / "model.safetensors")
             write_summary(out, cfg, data, state.history, state.global_step, gmacs, convention)
         return {**(state.history[-1] if state.history else {}), "gmacs": gmacs}
-    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow exceptions
 
 
 def validation(cfg: Config, parts: Parts, data: DataBundle, plan: Plan, device: torch.device, info: DistInfo,

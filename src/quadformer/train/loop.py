@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -80,6 +81,7 @@ def train_one_epoch(parts: Parts, loader: Iterable, state: TrainState, *, total_
     """Optimiser steps over ``loader`` (the rest of ``state.epoch``), updating ``state``.
     Returns True when stopped early (interrupt or step limit), after writing a checkpoint."""
     parts.ddp_step.train()
+    start, before = time.perf_counter(), state.epoch_seconds
     for x, y in loader:
         x = [v.to(device, non_blocking=True) for v in x] if isinstance(x, list) else x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -113,6 +115,7 @@ def train_one_epoch(parts: Parts, loader: Iterable, state: TrainState, *, total_
             raise QuadformerError(f"loss became {value} at step {state.global_step}; lower optim.lr "
                                   f"(now {parts.optimizer.defaults.get('lr')}) or set optim.clip_grad")
         state.epoch_loss_sum += value
+        state.epoch_seconds = before + time.perf_counter() - start
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}", lr=f"{parts.optimizer.param_groups[0]['lr']:.2e}")

@@ -49,7 +49,15 @@ def run_lock(out: Path, enabled: bool = True) -> Iterator[None]:
             raise QuadformerError(f"output folder {out} is in use by another training run (PID {pid}); wait for it "
                                   f"to finish or stop it, or pass another output.dir")
         write_text(out / PID_NAME, f"{os.getpid()}\n")
+        remove_stale_temps(out)
         yield
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Temp files of atomic writes killed before their rename (SIGKILL, power loss): with the
+    folder locked, no live writer owns one."""
+    for p in [*out.glob(".*.tmp"), *out.glob("snapshots/.*.tmp")]:
+        p.unlink(missing_ok=True)
 
 
 def make_folder(out: Path) -> None:

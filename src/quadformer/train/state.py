@@ -28,6 +28,6 @@ class TrainState:
     step_in_epoch: int = 0  # optimiser steps done in the current epoch
     global_step: int = 0
     epoch_loss_sum: float = 0.0  # sum of the current epoch's step losses (this process; all of them on resume)
-    epoch_seconds: float = 0.0  # time spent in the current epoch before this call
+    epoch_seconds: float = 0.0  # time spent in the current epoch so far (across resumes)
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per finished epoch
     run_id: str = ""  # names the run in W&B across resumes
