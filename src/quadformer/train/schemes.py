@@ -26,7 +26,7 @@ from typing import Any
 from ..utils.errors import QuadformerError
 from ..utils.io import write_bytes, write_json
 from .config import Config, apply_overrides, validate
-from .run_folder import recipe_diff, record_inputs, stored_config
+from .run_folder import recipe_diff, record_inputs, run_lock, stored_config
 
 log = logging.getLogger("quadformer.train")
 
@@ -134,9 +134,9 @@ def run_scheme(scheme: str, base: Config, out: str | Path, opts: SchemeOptions |
         results["stages"].append({"stage": st.name or scheme, "objective": st.objective, "dir": str(run_dir),
                                   "result": res})
     last = Path(plan[-1][1].output.dir)
-    if last != out:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("model.safetensors", "model.json"):
-            write_bytes(out / name, (last / name).read_bytes())
-    write_json(out / "scheme.json", results)
+    with run_lock(out):  # the scheme's own files (a single-stage run has released the folder)
+        if last != out:
+            for name in ("model.safetensors", "model.json"):
+                write_bytes(out / name, (last / name).read_bytes())
+        write_json(out / "scheme.json", results)
     return results
