@@ -6,6 +6,9 @@ suite fast; image size, patch sizes and budget are each model's own."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -23,8 +26,18 @@ def _input(model: torch.nn.Module, batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, *model.pretrained_cfg["input_size"])
 
 
-def test_import_quadformer_registers_every_model():
+def test_every_model_is_registered():
     assert len(MODELS) == 26 and "quadformer_small_patch16_224" in MODELS and "uniform_vit_base_patch16_384" in MODELS
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and timm (5-20 s)
+def test_import_quadformer_alone_registers_every_model():
+    """In a fresh interpreter, ``import quadformer`` alone registers all 26 models and imports no
+    training, data or CLI code."""
+    code = ("import sys, timm, quadformer; print(len(timm.list_models(['quadformer_*', 'uniform_vit_*']))); "
+            "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('quadformer.')}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "26" and out[1] == "['models', 'tokenize', 'utils']"
 
 
 @pytest.mark.parametrize("name", MODELS)
