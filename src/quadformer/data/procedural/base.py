@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -235,9 +236,23 @@ class RenderedDataset(ProceduralDataset):
     ``[N, H, W, 3]``, written atomically, memory-mapped on read)."""
 
     version: int = 1  # of the pictures: part of the cache key
+    default_task: str = ""
 
-    def __init__(self, split, size, image_size, seed, transform, output, mean, std, cache_dir,
-                 default_size: int) -> None:
+    def __init__(
+        self,
+        task: Any = None,
+        split: str = "train",
+        size: int | None = None,
+        image_size: int | tuple[int, int] = 128,
+        seed: int = 0,
+        transform: Callable | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        output: str = "normalized",
+        mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
+        std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
+    ) -> None:
+        split_code(split)
+        default_size = self._bind_task(self.default_task if task is None else task, split, size)
         super().__init__(split, image_size, seed, transform, output, mean, std)
         self.size = self._check_count(size, default_size)
         self._targets: list | None = None
@@ -248,6 +263,11 @@ class RenderedDataset(ProceduralDataset):
                 f"{self.task}-{split}-seed{self.seed}-n{self.size}-{self.height}x{self.width}-v{self.version}.npy"
             )
             self._images = self._load_or_build_cache(self.cache_path)
+
+    def _bind_task(self, task: Any, split: str, size: int | None) -> int:
+        """Take the task's definition (set ``seed_offset``; judge ``size``); return the
+        split's default size."""
+        raise NotImplementedError
 
     def render(self, index: int, return_mask: bool = False) -> Sample:
         """The raw :class:`Sample` of image ``index`` (uint8 HWC image, target, masks)."""

@@ -23,12 +23,10 @@ micro-textures.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ...utils.errors import QuadformerError
 from . import plates as P
@@ -233,25 +231,12 @@ class BuiltinDataset(RenderedDataset):
 
     stream_tag = _MAGIC
     version = GENERATOR_VERSION
+    default_task = "glyphs"
 
-    def __init__(
-        self,
-        task: str | TaskSpec = "glyphs",
-        split: str = "train",
-        size: int | None = None,
-        image_size: int | tuple[int, int] = 128,
-        seed: int = 0,
-        transform=None,
-        cache_dir: str | os.PathLike | None = None,
-        output: str = "normalized",
-        mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
-        std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
-    ) -> None:
+    def _bind_task(self, task: str | TaskSpec, split: str, size: int | None) -> int:
         self.spec = get_task(task)
         self.seed_offset = self.spec.seed_offset
-        split_code(split)
-        super().__init__(split, size, image_size, seed, transform, output, mean, std, cache_dir,
-                         DEFAULT_SIZES.get(split, 0))
+        return DEFAULT_SIZES[split]
 
     @property
     def task(self) -> str:  # type: ignore[override]

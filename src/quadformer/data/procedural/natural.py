@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ...utils.errors import QuadformerError
 from . import plates as P
@@ -221,32 +220,19 @@ class NaturalDataset(RenderedDataset):
 
     stream_tag = _MAGIC
     version = NATURAL_VERSION
+    default_task = "natural"
     family = P.get_family("microtex")
 
-    def __init__(
-        self,
-        task: str = "natural",
-        split: str = "train",
-        size: int | None = None,
-        image_size: int | tuple[int, int] = 128,
-        seed: int = 0,
-        transform=None,
-        cache_dir: str | os.PathLike | None = None,
-        output: str = "normalized",
-        mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
-        std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
-    ) -> None:
+    def _bind_task(self, task: str, split: str, size: int | None) -> int:
         if task not in NATURAL_TASKS:
             raise QuadformerError(f"unknown natural-photo task {task!r}; available: {', '.join(NATURAL_TASKS)}")
         self.spec = NATURAL_TASKS[task]
         self.seed_offset = self.spec.seed_offset
-        default = dict(zip(("train", "val", "test"), self.spec.default_sizes)).get(split, 0)
         cap = self.spec.fixed_train
         if split == "train" and cap is not None and size is not None and int(size) > cap:
-            base = task.replace("-3k", "")
             raise QuadformerError(f"builtin:{task} has {cap} training images, asked for {size}; "
-                                  f"use builtin:{base} for more")
-        super().__init__(split, size, image_size, seed, transform, output, mean, std, cache_dir, default)
+                                  f"use builtin:{task.replace('-3k', '')} for more")
+        return dict(zip(("train", "val", "test"), self.spec.default_sizes))[split]
 
     @property
     def task(self) -> str:  # type: ignore[override]

@@ -21,7 +21,7 @@ import json
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,7 +51,13 @@ class MultiLabelFiles(ClassList, ImageFiles, Dataset):
     """Base class: a list of image paths with a float32 multi-hot matrix.
 
     Subclasses set ``self.root``, ``self.classes``, ``self.paths`` (list of str) and
-    ``self._targets`` (float32 ``[N, C]``), then call :meth:`_finish`."""
+    ``self._targets`` (float32 ``[N, C]``), then call :meth:`_finish`.
+
+    Loading options (keywords of every multi-label loader): ``image_size`` (build timm
+    transforms when ``transform`` is ``None``), ``is_training`` (default: the split is a
+    training split), ``verify`` (check every file while scanning), ``max_samples`` / ``seed``
+    (a seeded random subset), ``max_retries``, ``on_error`` (``"skip"`` or ``"raise"``) and
+    ``transform_kwargs`` (for :func:`~quadformer.data.real.base.create_transforms`)."""
 
     multilabel = True
     paths: list[str]
@@ -77,16 +83,21 @@ class MultiLabelFiles(ClassList, ImageFiles, Dataset):
     def _finish(
         self,
         transform: Callable | None,
-        image_size: int | tuple[int, int] | None,
-        is_training: bool,
-        transform_kwargs: dict | None,
-        max_samples: int | None,
-        seed: int,
-        verify: bool,
-        on_error: str,
-        max_retries: int,
+        training_default: bool,
         keep_arrays: Sequence[str] = (),
+        *,
+        image_size: int | tuple[int, int] | None = None,
+        is_training: bool | None = None,
+        verify: bool = False,
+        max_samples: int | None = None,
+        seed: int = 0,
+        max_retries: int = 50,
+        on_error: str = "skip",
+        transform_kwargs: dict | None = None,
     ) -> None:
+        """The loading options every multi-label loader takes (see the class docstring)."""
+        if is_training is None:
+            is_training = training_default
         if on_error not in ("skip", "raise"):
             raise QuadformerError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         self.on_error = on_error
@@ -178,7 +189,7 @@ class VOCMultiLabel(MultiLabelFiles):
             * ``"exclude"``: images with a difficult-only class (any ``difficult_mask`` entry)
               are dropped; the remaining targets are unambiguous.
         year: ``"2007"`` (the layout works for other VOC years too).
-        Other arguments as in :class:`~quadformer.data.real.folders.ImageFolderDataset`.
+        Other keywords: the loading options of :class:`MultiLabelFiles`.
     """
 
     def __init__(
@@ -189,14 +200,7 @@ class VOCMultiLabel(MultiLabelFiles):
         *,
         difficult: str = "ignore",
         year: str | int = "2007",
-        image_size: int | tuple[int, int] | None = None,
-        is_training: bool | None = None,
-        verify: bool = False,
-        max_samples: int | None = None,
-        seed: int = 0,
-        max_retries: int = 50,
-        on_error: str = "skip",
-        transform_kwargs: dict | None = None,
+        **options: Any,
     ) -> None:
         if difficult not in DIFFICULT_POLICIES:
             raise QuadformerError(f"difficult must be one of {DIFFICULT_POLICIES}, got {difficult!r}")
@@ -236,10 +240,7 @@ class VOCMultiLabel(MultiLabelFiles):
         if difficult == "exclude":
             keep = np.nonzero(~mask.any(1))[0]
             self._select(keep, ("image_ids", "difficult_mask"))
-        if is_training is None:
-            is_training = split in ("train", "trainval")
-        self._finish(transform, image_size, is_training, transform_kwargs, max_samples, seed, verify, on_error,
-                     max_retries, ("image_ids", "difficult_mask"))
+        self._finish(transform, split in ("train", "trainval"), ("image_ids", "difficult_mask"), **options)
 
 
 # --------------------------------------------------------------------------- COCO
@@ -303,14 +304,7 @@ class COCOMultiLabel(MultiLabelFiles):
         image_dir: str | os.PathLike | None = None,
         keep_empty: bool = True,
         include_crowd: bool = True,
-        image_size: int | tuple[int, int] | None = None,
-        is_training: bool | None = None,
-        verify: bool = False,
-        max_samples: int | None = None,
-        seed: int = 0,
-        max_retries: int = 50,
-        on_error: str = "skip",
-        transform_kwargs: dict | None = None,
+        **options: Any,
     ) -> None:
         if split == "test":
             split = "val"
@@ -357,10 +351,7 @@ class COCOMultiLabel(MultiLabelFiles):
         self._targets = targets
         if not keep_empty:
             self._select(np.nonzero(targets.any(1))[0], ("image_ids",))
-        if is_training is None:
-            is_training = split == "train"
-        self._finish(transform, image_size, is_training, transform_kwargs, max_samples, seed, verify, on_error,
-                     max_retries, ("image_ids",))
+        self._finish(transform, split == "train", ("image_ids",), **options)
 
 
 # --------------------------------------------------------------------------- CSV
@@ -408,14 +399,7 @@ class CSVMultiLabel(MultiLabelFiles):
         labels_column: str = "labels",
         separator: str = ";",
         image_root: str | os.PathLike | None = None,
-        image_size: int | tuple[int, int] | None = None,
-        is_training: bool | None = None,
-        verify: bool = False,
-        max_samples: int | None = None,
-        seed: int = 0,
-        max_retries: int = 50,
-        on_error: str = "skip",
-        transform_kwargs: dict | None = None,
+        **options: Any,
     ) -> None:
         csv_path = Path(csv_file)
         if not csv_path.is_file():
@@ -506,7 +490,4 @@ class CSVMultiLabel(MultiLabelFiles):
                 raise QuadformerError(f"{csv_path} line {ln}: empty path in column {header[pcol]!r}")
             self.paths.append(str(Path(p) if os.path.isabs(p) else self.root / p))
         self._targets = targets
-        if is_training is None:
-            is_training = split in ("train", "trainval")
-        self._finish(transform, image_size, is_training, transform_kwargs, max_samples, seed, verify, on_error,
-                     max_retries)
+        self._finish(transform, split in ("train", "trainval"), (), **options)
