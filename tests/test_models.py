@@ -275,6 +275,10 @@ def test_load_model_local_dir_round_trip(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(lm.model(x), m(x), rtol=0, atol=0)
     assert lm.factory().num_patches == 16
+    from quadformer.models.loading import create_from_config
+
+    again = create_from_config(lm.model_config, lm.image_size, lm.num_classes)
+    assert again.num_patches == 16 and again.state_dict().keys() == m.state_dict().keys()
 
 
 def test_load_model_refuses_what_is_no_model_spec(tmp_path):

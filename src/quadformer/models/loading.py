@@ -295,6 +295,15 @@ def _hub_weights_file(spec: str) -> Path | None:
     return None
 
 
+def _model_section(name: str, model: nn.Module) -> dict[str, Any]:
+    """The ``model`` config section (as :func:`create_from_config` reads it) of a built model."""
+    args = {k: v for k, v in getattr(model, "_model_args", {}).items() if k not in ("num_classes", "img_size")}
+    section: dict[str, Any] = {"name": name, "kwargs": args}
+    if "num_patches" in args:
+        section["num_patches"] = args.pop("num_patches")
+    return section
+
+
 def _load_hub(spec: str, num_classes: int | None, device: str | torch.device, image_size: int | None,
               extra: dict[str, Any]) -> LoadedModel:
     """A folder written by ``timm.models.save_for_hf`` (``local-dir:``) or its hub copy (``hf-hub:``),
@@ -334,7 +343,7 @@ def _load_hub(spec: str, num_classes: int | None, device: str | torch.device, im
     weights_file = _hub_weights_file(spec)
     sha = _sha256(weights_file) if weights_file is not None else None
     return LoadedModel(model.to(device).eval(), name, size, trained if num_classes is None else int(num_classes),
-                       spec, sha[:16] if sha else f"hub:{spec}", {"name": name, "kwargs": dict(model._model_args)},
+                       spec, sha[:16] if sha else f"hub:{spec}", _model_section(name, model),
                        class_names=list(labels.values()) if isinstance(labels, dict) else list(labels),
                        mean=tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
                        std=tuple(cfg.get("std", IMAGENET_DEFAULT_STD)), factory=factory, kind="hub", init_seed_known=False, weights="model", sha256=sha,
