@@ -265,9 +265,17 @@ class RenderedDataset(ProceduralDataset):
             self._images = self._load_or_build_cache(self.cache_path)
 
     def _bind_task(self, task: Any, split: str, size: int | None) -> int:
-        """Take the task's definition (set ``seed_offset``; judge ``size``); return the
-        split's default size."""
+        """Take the task's definition as ``self.spec`` (with ``name`` and ``multilabel``), set
+        ``seed_offset``, judge ``size``; return the split's default size."""
         raise NotImplementedError
+
+    @property
+    def task(self) -> str:  # type: ignore[override]
+        return self.spec.name
+
+    @property
+    def multilabel(self) -> bool:  # type: ignore[override]
+        return self.spec.multilabel
 
     def render(self, index: int, return_mask: bool = False) -> Sample:
         """The raw :class:`Sample` of image ``index`` (uint8 HWC image, target, masks)."""

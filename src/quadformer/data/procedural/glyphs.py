@@ -239,20 +239,12 @@ class BuiltinDataset(RenderedDataset):
         return DEFAULT_SIZES[split]
 
     @property
-    def task(self) -> str:  # type: ignore[override]
-        return self.spec.name
-
-    @property
     def upstream(self) -> bool:  # type: ignore[override]
         return self.spec.upstream
 
     @property
     def class_names(self) -> list[str]:
         return list(self.spec.class_names)
-
-    @property
-    def multilabel(self) -> bool:  # type: ignore[override]
-        return self.spec.multilabel
 
     def target_of(self, index: int):
         return sample_objects(self.spec, index, self.split, self.seed)[1]

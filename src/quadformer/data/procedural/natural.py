@@ -235,14 +235,6 @@ class NaturalDataset(RenderedDataset):
         return dict(zip(("train", "val", "test"), self.spec.default_sizes))[split]
 
     @property
-    def task(self) -> str:  # type: ignore[override]
-        return self.spec.name
-
-    @property
-    def multilabel(self) -> bool:  # type: ignore[override]
-        return self.spec.multilabel
-
-    @property
     def class_names(self) -> list[str]:
         return list(self.family.class_names)
 
