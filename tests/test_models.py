@@ -174,6 +174,13 @@ def test_pretrained_local_file_gives_the_vanilla_logits(tmp_path):
     q = timm.create_model("quadformer_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=overlay,
                           num_patches=196, pos_embed="learned_grid", depth=2).eval()
     torch.testing.assert_close(q(x), want, atol=1e-5, rtol=1e-5)
+    # a training config's model.kwargs take the same route (new head for its classes)
+    from quadformer.models.factory import build_model
+
+    b = build_model("quadformer_tiny_patch16_224", 7, 224, 100, {"depth": 2, "pretrained": True,
+                                                                  "pretrained_cfg_overlay": {"file": str(path)}})
+    torch.testing.assert_close(b.blocks[1].attn.qkv.weight, vit.blocks[1].attn.qkv.weight)
+    assert b.head.weight.shape == (7, 192)
     with pytest.raises(QuadformerError, match="file not found"):
         timm.create_model("quadformer_tiny_patch16_224", pretrained=True, depth=2,
                           pretrained_cfg_overlay=dict(file=str(tmp_path / "nope.safetensors")))
