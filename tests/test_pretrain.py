@@ -169,3 +169,18 @@ def test_simclr_ddp_two_gloo_processes_match_one_process(tmp_path):
     # negatives are gathered across processes: the same loss, summed in another order (AdamW
     # turns the last-bit differences of the first steps into ~1e-5 weight differences)
     assert_same_weights(weights(one / "last.pt"), weights(two / "last.pt"), atol=1e-4)
+
+
+def test_same_recipe_means_every_entry_that_changes_the_result(tmp_path):
+    from quadformer.train.run_folder import write_config
+    from quadformer.train.schemes import check_same_recipe
+
+    write_config(tmp_path, cfg_for(tmp_path).to_dict())
+    # where it writes, how it reports, checkpoint cadence, workers and caches are not the recipe
+    check_same_recipe(tmp_path, cfg_for(tmp_path / "elsewhere", "train.progress=true", "output.tensorboard=true",
+                                        "train.checkpoint_every_steps=5", "data.num_workers=2",
+                                        f"data.cache_dir={tmp_path / 'c'}"))
+    for change, key in (("seed=1", "seed"), ("data.train_size=32", "data.train_size"),
+                        ("train.eval_every_epochs=2", "train.eval_every_epochs"), ("optim.lr=0.5", "optim.lr")):
+        with pytest.raises(QuadformerError, match=key):
+            check_same_recipe(tmp_path, cfg_for(tmp_path, change))

@@ -5,4 +5,4 @@ from .data import DataBundle
 from .engine import build_model, evaluate, train
 from .schemes import SchemeOptions, run_scheme
 
-__all__ = ["Config", "load_config", "build_model", "evaluate", "train", "DataBundle", "SchemeOptions", "run_scheme"]
+__all__ = ["Config", "DataBundle", "SchemeOptions", "build_model", "evaluate", "load_config", "run_scheme", "train"]

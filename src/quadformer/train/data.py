@@ -4,8 +4,9 @@ per-epoch loader that a mid-epoch resume re-enters at the right batch."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

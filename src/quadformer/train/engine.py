@@ -24,17 +24,17 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+# model_gmacs, unwrap, SeededItems, SkipSampler, build_dataset and amp_context are also imported
+# from here by older callers (the engine used to be one module)
 from ..models.factory import build_model as models_build
-from ..models.factory import classifier_keys, model_gmacs, unwrap  # noqa: F401  (re-exported)
+from ..models.factory import classifier_keys, model_gmacs, unwrap
 from ..utils.errors import QuadformerError
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .config import Config, validate
-from .data import DataBundle, SeededItems, SkipSampler, build_data, build_dataset  # noqa: F401  (re-exported)
-from .data import epoch_loader, training_items
+from .data import DataBundle, SeededItems, SkipSampler, build_data, build_dataset, epoch_loader, training_items
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .export import export_weights, write_summary
-from .loop import StepHooks, amp_context, evaluate, train_one_epoch  # noqa: F401  (amp_context re-exported)
-from .loop import Interrupt, epoch_row
+from .loop import Interrupt, StepHooks, amp_context, epoch_row, evaluate, train_one_epoch
 from .metrics_log import MetricsLog, require_wandb
 from .run_folder import make_folder, recipe_diff, run_lock, start_afresh, write_config
 from .state import Parts, TrainState

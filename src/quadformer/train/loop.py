@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ class Interrupt:
         self.hit = False
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "Interrupt":
+    def __enter__(self) -> Interrupt:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -46,7 +47,7 @@ class Interrupt:
                 pass
         return self
 
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+    def _handle(self, signum, frame) -> None:
         if self.hit:
             raise KeyboardInterrupt
         self.hit = True

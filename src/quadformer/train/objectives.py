@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.inference import pre_logits
 from ..utils.errors import QuadformerError
 
 KINDS = ("supervised", "kd", "ssl", "joint")
@@ -30,7 +31,7 @@ SSL_METHODS = ("simclr", "dino")
 
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The transfer representation: pooled features before the classifier."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+    return pre_logits(model, x)
 
 
 def supervised_loss(logits: torch.Tensor, target: torch.Tensor, multilabel: bool, smoothing: float) -> torch.Tensor:
@@ -57,7 +58,7 @@ class Objective(nn.Module):
         super().__init__()
         self.multilabel, self.label_smoothing = multilabel, label_smoothing
 
-    def forward(self, model: nn.Module, x: Any, y: torch.Tensor, epoch: int) -> torch.Tensor:  # noqa: ARG002
+    def forward(self, model: nn.Module, x: Any, y: torch.Tensor, epoch: int) -> torch.Tensor:
         return supervised_loss(model(x), y, self.multilabel, self.label_smoothing)
 
     @torch.no_grad()
@@ -76,11 +77,11 @@ class KDObjective(Objective):
         teacher.eval().requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)  # not a submodule: not saved, not in DDP
 
-    def _apply(self, fn, recurse=True):  # noqa: D401 - moves the unregistered teacher along
+    def _apply(self, fn, recurse=True):
         object.__setattr__(self, "_teacher", self._teacher._apply(fn))
         return super()._apply(fn, recurse)
 
-    def forward(self, model: nn.Module, x: Any, y: torch.Tensor, epoch: int) -> torch.Tensor:  # noqa: ARG002
+    def forward(self, model: nn.Module, x: Any, y: torch.Tensor, epoch: int) -> torch.Tensor:
         logits = model(x)
         with torch.no_grad():
             t_logits = self._teacher(x)
@@ -107,12 +108,12 @@ class SimCLRObjective(Objective):
         self.projector = SimCLRProjectionHead(num_features, hidden_dim, out_dim, batch_norm=False)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=distributed)
 
-    def ssl_loss(self, model: nn.Module, views: list[torch.Tensor], epoch: int) -> torch.Tensor:  # noqa: ARG002
+    def ssl_loss(self, model: nn.Module, views: list[torch.Tensor], epoch: int) -> torch.Tensor:
         b = views[0].shape[0]
         z = self.projector(features(model, torch.cat(views[:2])))
         return self.criterion(z[:b].float(), z[b:].float())
 
-    def forward(self, model: nn.Module, x: Any, y: torch.Tensor, epoch: int) -> torch.Tensor:  # noqa: ARG002
+    def forward(self, model: nn.Module, x: Any, y: torch.Tensor, epoch: int) -> torch.Tensor:
         return self.ssl_loss(model, x, epoch)
 
 
@@ -150,7 +151,7 @@ class DINOObjective(Objective):
         s_out = [self.head(features(model, v)).float() for v in views]
         return self.criterion(t_out, s_out, epoch=epoch)
 
-    def forward(self, model: nn.Module, x: Any, y: torch.Tensor, epoch: int) -> torch.Tensor:  # noqa: ARG002
+    def forward(self, model: nn.Module, x: Any, y: torch.Tensor, epoch: int) -> torch.Tensor:
         return self.ssl_loss(model, x, epoch)
 
     @torch.no_grad()
