@@ -131,7 +131,7 @@ def train_student(images: Tensor, targets: Tensor, stride: int, widths=(8, 16, 3
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             count += len(idx)
         loss_avg = total / max(1, count)
         log.info("student epoch %d/%d: loss %.4f", ep + 1, epochs, loss_avg)

@@ -103,7 +103,7 @@ def load_saliency_net(path: str | os.PathLike) -> tuple[SaliencyNet, dict]:
     bad = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape]
     if bad:
         raise QuadformerError(f"{path} holds weights of another architecture (e.g. {bad[0]}); {fix}")
-    net.load_state_dict(state)
+    net.load_state_dict(state, assign=True)  # also under a meta-device build (a config check)
     info = {k: json.loads(v) for k, v in meta.items() if k not in ("quadformer_scorer", "config")}
     return net, info
 
