@@ -43,8 +43,15 @@ _CIFAR_FILES = {
 SAFE_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
 })
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as Python 3 pickles of bytes use it, latin-1 only."""
+    if encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
+        raise pickle.UnpicklingError(f"refused codec {encoding!r}")
+    return str(text).encode("latin1")
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -55,6 +62,8 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in SAFE_GLOBALS:
             return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
 
@@ -117,7 +126,8 @@ class CIFARDataset(ClassList, Dataset):
                 d = safe_unpickle(folder / f)
                 arr = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
                 lab = np.asarray(d[key], dtype=np.int64)
-            except (KeyError, ValueError, TypeError, AttributeError, IndexError, pickle.UnpicklingError, EOFError) as e:
+            except (LookupError, ValueError, TypeError, AttributeError, MemoryError, OSError, EOFError,
+                    pickle.UnpicklingError) as e:
                 raise QuadformerError(f"{folder / f} is not a valid {variant} batch ({type(e).__name__}: {e}); "
                                       f"use the python-pickle release of {variant}") from None
             if len(arr) != len(lab):
