@@ -14,6 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from ...utils.errors import QuadformerError
+from ...utils.images import open_rgb
 from .base import BLOCK, SuiteDataset
 
 __all__ = ["PATCH_SOURCES", "skimage_dirs", "find_photo", "read_photo", "load_photos", "available_patch_sources", "SkPatchesDataset"]
@@ -61,10 +62,7 @@ def find_photo(filename: str) -> str | None:
 
 def read_photo(path: str) -> np.ndarray:
     """A photo file as uint8 RGB ``[H, W, 3]`` (grey photos repeated to 3 channels)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), np.uint8)
+    return np.asarray(open_rgb(path), np.uint8)
 
 
 @lru_cache(maxsize=1)
