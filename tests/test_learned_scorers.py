@@ -163,3 +163,39 @@ def test_learned_scorer_gradient_sign():
     assert torch.allclose(sal.grad, expect)
     s.eval()
     assert s.gate(tokens, leaves, G, x) is tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_distilled(tmp_path_factory):
+    """The whole distillation recipe at 32 px: teacher (resnet10t, one short epoch), Grad-CAM
+    targets, student, weights file."""
+    from quadformer.train.saliency import distill
+
+    out = tmp_path_factory.mktemp("distil")
+    summary = distill("builtin:glyphs", out, teacher_model="resnet10t", teacher_epochs=1, train_size=64, image_size=32,
+                      p_min=4, student_epochs=2, widths=(4, 8), teacher_overrides=["data.batch_size=32",
+                                                                                    "train.progress=false",
+                                                                                    "data.val_size=32"])
+    return out, summary
+
+
+@pytest.mark.slow  # ~10 s on a quiet machine: a teacher is trained
+def test_distill_recipe_writes_a_scorer_the_quadformer_loads(tiny_distilled):
+    out, summary = tiny_distilled
+    assert summary["train_images"] == 64 and summary["saliency"] == "gradcam"
+    from quadformer.models.factory import build_model
+
+    model = build_model("quadformer_micro_patch4_32", 10, 32, 28, {"scorer": "distilled",
+                                                                 "scorer_kwargs": {"weights": summary["weights"]}})
+    assert model.scorer.info["data"] == "builtin:glyphs"
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_distill_refuses_a_teacher_of_another_label_space(tiny_distilled):
+    from quadformer.train.saliency import distill
+
+    out, _ = tiny_distilled
+    with pytest.raises(QuadformerError, match="predicts 10 classes but builtin:dice has 6") as e:
+        distill("builtin:dice", out / "dice", teacher=str(out / "teacher"), train_size=32, image_size=32, p_min=4)
+    assert "\n" not in str(e.value)
