@@ -197,6 +197,11 @@ def test_bad_config_fails_before_training(tmp_path, capsys):
     cfg.write_text("model:\n  name: quadformer_micro_patch4_32\n  budget: 28\n")
     rc = main(["train", "--config", str(cfg)])
     assert rc == 2 and "unknown config key 'model.budget'" in capsys.readouterr().err
+    for name, obj in (("list.pt", [torch.zeros(2)]), ("weights.pt", {"w": torch.zeros(1)})):
+        torch.save(obj, tmp_path / name)
+        rc = main(["train", *TINY, f"output.dir={tmp_path / 'r'}", "--resume", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"{name} is not a training checkpoint" in err and err.count("\n") == 1
 
 
 def _cli(*args: str) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..utils.errors import QuadformerError
+from ..utils.errors import QuadformerError
 from ..utils.io import atomic_write
 from ..utils.state_dict import load_torch_file
 from .state import Parts, TrainState
@@ -34,6 +35,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ck, dict) or not ("state_dict" in ck or "model" in ck):
         raise QuadformerError(f"{path} is not a training checkpoint (it holds a {type(ck).__name__} without "
                               f"state_dict/model); pass a last.pt written by `quadformer train`")
+    return ck
+
+
+RESUME_KEYS = ("config", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng")
+
+
+def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint to resume: one line naming the file when it is not one ``quadformer train`` wrote."""
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or any(k not in ck for k in RESUME_KEYS) or \
+            not isinstance(ck.get("state_dict", ck.get("model")), dict):
+        raise QuadformerError(f"{path} is not a training checkpoint (last.pt written by `quadformer train`); "
+                              f"resume from one, or drop --resume to train afresh")
     return ck
 
 
@@ -65,10 +79,15 @@ def save_checkpoint(path: Path, parts: Parts, state: TrainState, extra: dict[str
 def restore(ck: dict[str, Any], parts: Parts, load_scheduler: bool = True) -> TrainState:
     """Load a checkpoint into ``parts`` and the global RNGs; where the run stands.
     ``load_scheduler=False`` keeps the freshly planned schedule (the epochs changed)."""
-    parts.model.load_state_dict(model_weights(ck))
-    if ck.get("objective"):
-        parts.objective.load_state_dict(ck["objective"])
-    parts.optimizer.load_state_dict(ck["optimizer"])
+    try:
+        parts.model.load_state_dict(model_weights(ck))
+        if ck.get("objective"):
+            parts.objective.load_state_dict(ck["objective"])
+        parts.optimizer.load_state_dict(ck["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise QuadformerError(f"checkpoint of {ck['config'].get('model', {}).get('name')} does not fit this "
+                              f"model ({first}); resume with the run's own config or train afresh") from None
     if load_scheduler:
         parts.scheduler.load_state_dict(ck["scheduler"])
     ema = ema_weights(ck)

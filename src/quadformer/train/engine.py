@@ -29,7 +29,7 @@ from torch.utils.data import DistributedSampler
 from ..models.factory import build_model as models_build
 from ..models.factory import classifier_keys, model_gmacs, unwrap
 from ..utils.errors import QuadformerError
-from .checkpoint import load_checkpoint, restore, save_checkpoint
+from .checkpoint import load_training_checkpoint, restore, save_checkpoint
 from .config import Config, validate
 from .data import DataBundle, SeededItems, SkipSampler, build_data, build_dataset, epoch_loader, training_items
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
@@ -146,8 +146,8 @@ def find_resume(resume: str | Path | None, out: Path, cfg: Config) -> tuple[dict
     path = out / "last.pt" if resume in ("auto", "last") else Path(resume)
     if resume in ("auto", "last") and not path.is_file():
         return None, None
-    ck = load_checkpoint(path)
-    theirs = ck.get("config") or {}
+    ck = load_training_checkpoint(path)
+    theirs = ck["config"] if isinstance(ck["config"], dict) else {}
     diff = recipe_diff(theirs, cfg.to_dict(), path.parent)
     if resume == "auto":
         if diff:
