@@ -216,6 +216,10 @@ class NaturalDataset(RenderedDataset):
         image_size: int or ``(H, W)``, each >= 32 (default 128); object sizes are in pixels.
         seed, transform, cache_dir, output, mean, std: as in
             :class:`~quadformer.data.procedural.glyphs.BuiltinDataset`.
+
+    Augment with care: a flip swaps the ``dstripes`` and ``astripes`` classes and a 90-degree
+    rotation ``hstripes`` and ``vstripes``; down-scaling crops (random-resized-crop with a small
+    scale) blur the class away. Colour jitter, small translations and erasing are label-safe.
     """
 
     stream_tag = _MAGIC
