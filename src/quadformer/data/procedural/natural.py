@@ -218,8 +218,9 @@ class NaturalDataset(RenderedDataset):
             :class:`~quadformer.data.procedural.glyphs.BuiltinDataset`.
 
     Augment with care: a flip swaps the ``dstripes`` and ``astripes`` classes and a 90-degree
-    rotation ``hstripes`` and ``vstripes``; down-scaling crops (random-resized-crop with a small
-    scale) blur the class away. Colour jitter, small translations and erasing are label-safe.
+    rotation ``hstripes`` and ``vstripes``; resizing changes the 2.4-3.6 px texture period the
+    classes are drawn at (a down-scale removes it). Colour jitter, small translations and
+    erasing are label-safe.
     """
 
     stream_tag = _MAGIC
