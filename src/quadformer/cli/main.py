@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("quadformer.cli.train_cmd", "train a model from a YAML config (resumable, torchrun/DDP-ready)"),
     "eval": ("quadformer.cli.eval_cmd", "evaluate a model: top-1 (or mAP), GMACs per image, images/s"),
     "predict": ("quadformer.cli.predict_cmd", "classify images or a folder: top-k classes to CSV/JSON, mosaics"),
+    "export": ("quadformer.cli.export_cmd", "export a model (tokenizer included) as ONNX or torch.export .pt2"),
     "pretrain": ("quadformer.cli.pretrain_cmd", "pretrain with a scheme: supervised, -kd, ssl, ssl-then-supervised(-kd), joint"),
     "diversity": ("quadformer.cli.diversity_cmd", "filter/activation diversity (W1, W2, A1, A2, A3), per layer, delta vs init"),
     "transfer": ("quadformer.cli.transfer_cmd", "transfer evaluation: linear / kNN / few-shot probes, fine-tuning, mAP"),

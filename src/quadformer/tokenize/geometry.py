@@ -7,7 +7,6 @@ cached by value (never by tensor identity).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from ..utils.errors import QuadformerError
 
 
@@ -123,12 +122,12 @@ class QuadGeometry:
         p = self.patch_size(scale)
         return self.height // p, self.width // p
 
-    @cached_property
+    @property  # not cached_property: its lock (Python 3.11) stops torch.compile
     def num_internal(self) -> int:
         """T: number of splittable nodes (scales 1..L-1)."""
         return sum(gh * gw for gh, gw in (self.grid(s) for s in range(1, self.num_scales)))
 
-    @cached_property
+    @property  # not cached_property: its lock (Python 3.11) stops torch.compile
     def num_cells(self) -> int:
         """M: number of cells over all scales 0..L-1."""
         return sum(gh * gw for gh, gw in (self.grid(s) for s in range(self.num_scales)))

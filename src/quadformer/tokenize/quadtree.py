@@ -12,7 +12,6 @@ layout (side descending, raster), which realises the tie rule exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -41,7 +40,6 @@ def canonical_scales(geometry: QuadGeometry) -> list[int]:
     return list(range(geometry.num_scales - 1, -1, -1))
 
 
-@lru_cache(maxsize=64)
 def _cell_tables_cpu(geometry: QuadGeometry) -> CellTables:
     metas, boxes, offsets = [], [], [0] * geometry.num_scales
     start = 0
@@ -72,7 +70,8 @@ def cell_tables(geometry: QuadGeometry, device: torch.device | str = "cpu") -> C
     if tables is None:
         cpu = _cell_tables_cpu(key[0])
         tables = CellTables(cpu.meta.to(device), cpu.boxes.to(device), cpu.offsets)
-        _TABLE_CACHE[key] = tables
+        if not is_tracing():  # a tracer's tables are fake tensors: never keep them
+            _TABLE_CACHE[key] = tables
     return tables
 
 

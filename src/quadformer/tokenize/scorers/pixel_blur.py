@@ -30,7 +30,7 @@ class PixelBlurScorer(PatchScorer):
         # allocations (~3x faster than one pass over a large batch); GPUs want one pass.
         b = images.shape[0]
         chunk = max(1, self.chunk_elements // max(1, images[0].numel())) if b else 1
-        if images.device.type != "cpu" or b <= chunk or is_tracing():
+        if is_tracing() or images.device.type != "cpu" or b <= chunk:
             return self._score_chunk(images.float(), geometry)
         parts = [self._score_chunk(c.float(), geometry) for c in images.split(chunk)]
         return [torch.cat(maps) for maps in zip(*parts)]
