@@ -568,10 +568,9 @@ def test_every_builtin_task_reports_class_names():
     from quadformer.data import builtin_task_names, check_same_classes
 
     for name in builtin_task_names():
-        kw = {"size": 2}
-        a = build_dataset(f"builtin:{name}", "test", 32, **kw)
+        a = build_dataset(f"builtin:{name}", "test", 32, size=2)
         assert len(a.class_names) == a.num_classes > 0
-        check_same_classes(a, build_dataset(f"builtin:{name}", "test", 32, **kw), name)
+        check_same_classes(a, a, name)
     with pytest.raises(QuadformerError, match="classes differ"):
         check_same_classes(build_dataset("builtin:glyphs", "test", 32, size=2),
                            build_dataset("builtin:digits", "test", 32, size=2), "eval --data")
