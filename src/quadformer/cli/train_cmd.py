@@ -1,8 +1,11 @@
 """Train a model (Quadformer, uniform-grid ViT or any timm model) from a YAML config.
 
 Overrides use section.key=value, e.g. optim.lr=3e-4 train.epochs=5 model.num_patches=100.
-Checkpoints (OUT/last.pt) are written atomically every epoch and on Ctrl-C / SIGTERM;
---resume continues bit for bit. Several processes / machines: launch with torchrun, e.g.
+Checkpoints (OUT/last.pt, timm's keys: state_dict, state_dict_ema) are written atomically every
+epoch and on Ctrl-C / SIGTERM; --resume continues bit for bit, refuses a config that changes the
+result (more train.epochs re-plan the schedule), and never drops a logged epoch. One process per
+output folder (a second is refused, naming the first one's PID). output.wandb=true also logs to
+Weights & Biases (WANDB_MODE=offline works). Several processes / machines: launch with torchrun, e.g.
 
   torchrun --nproc_per_node 2 -m quadformer.cli.main train --config configs/micro_quadformer.yaml
 """

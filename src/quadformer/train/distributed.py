@@ -40,8 +40,14 @@ def init_distributed(device: torch.device | None = None) -> DistInfo:
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``t`` over processes in place (NCCL reduces CUDA tensors only: a CPU one goes through the GPU)."""
     if info.enabled:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if t.device.type != "cuda" and dist.get_backend() == "nccl":
+            g = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(g, op=dist.ReduceOp.SUM)
+            t.copy_(g.cpu())
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
