@@ -23,7 +23,7 @@ test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/python benchmarks/tokenizer.py
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs
