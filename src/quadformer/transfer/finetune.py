@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from ..models.factory import classifier_keys
 from ..models.inference import predict
 from ..train import Config, DataBundle
 from ..train import train as engine_train
@@ -70,8 +71,10 @@ def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 256) ->
 
 def head_from_probe(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
     """Copy a probe (raw-feature space ``weight [C, D]``, ``bias [C]``) into the model's
-    classifier (``get_classifier()``, a Linear on the pre-logits representation)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    classifier (the module holding :func:`quadformer.models.factory.classifier_keys`, a Linear on
+    the pre-logits representation)."""
+    names = {k.rsplit(".", 1)[0] for k in classifier_keys(model)}
+    head = model.get_submodule(names.pop()) if len(names) == 1 else None
     if not isinstance(head, nn.Linear):
         raise ValueError(f"LP-FT needs a Linear classifier (get_classifier()), found {type(head).__name__}")
     if tuple(head.weight.shape) != tuple(weight.shape):
