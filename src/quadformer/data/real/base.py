@@ -78,18 +78,74 @@ class ClassList:
 
 
 class ImageFiles:
-    """Unreadable-file policy of the data sets that decode image files: a broken file is logged
-    once (``logging`` warning naming the path), recorded in :attr:`skipped_paths`, never tried
-    again and replaced by the next readable sample; with ``on_error="raise"``, an ``OSError``
-    naming the path instead. Subclasses set ``root``, ``transform``, ``max_retries`` and
-    ``skipped_paths = []`` / ``_skipped = set()``."""
+    """A list of image files (:attr:`paths`, with per-file rows such as labels in the
+    attributes named by :attr:`row_arrays`) and the policy for unreadable ones: a broken file is
+    logged once (``logging`` warning naming the path), recorded in :attr:`skipped_paths`, never
+    tried again and replaced by the next readable sample; with ``on_error="raise"``, an
+    ``OSError`` naming the path instead.
+
+    Subclasses set ``root``, ``paths`` and their row arrays, then call :meth:`_finish` with the
+    loading options every file-based loader takes: ``image_size`` (build timm transforms when
+    ``transform`` is ``None``), ``is_training`` (default: the split is a training split),
+    ``verify`` (check every file with ``PIL.Image.verify`` while scanning: headers only, but
+    every file), ``max_samples`` / ``seed`` (a seeded random subset), ``max_retries`` (following
+    samples tried before giving up on an item), ``on_error`` (``"skip"`` or ``"raise"``) and
+    ``transform_kwargs`` (for :func:`create_transforms`)."""
 
     root: Path
+    paths: list[str]
+    row_arrays: tuple[str, ...] = ()
     transform: Callable | None
     max_retries: int
     skipped_paths: list[str]
     _skipped: set[str]
     on_error = "skip"
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _finish(
+        self,
+        transform: Callable | None,
+        training_default: bool,
+        keep_arrays: Sequence[str] = (),
+        *,
+        image_size: int | tuple[int, int] | None = None,
+        is_training: bool | None = None,
+        verify: bool = False,
+        max_samples: int | None = None,
+        seed: int = 0,
+        max_retries: int = 50,
+        on_error: str = "skip",
+        transform_kwargs: dict | None = None,
+    ) -> None:
+        if is_training is None:
+            is_training = training_default
+        if on_error not in ("skip", "raise"):
+            raise QuadformerError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.on_error = on_error
+        self.max_retries = int(max_retries)
+        keep = subset_indices(len(self.paths), max_samples, seed)
+        if keep is not None:
+            self._select(keep, keep_arrays)
+        self.skipped_paths: list[str] = []
+        self._skipped: set[str] = set()
+        if verify:
+            good = self._verified(self.paths)
+            if len(good) < len(self.paths):
+                self._select(np.asarray(good, np.int64), keep_arrays)
+            if not self.paths:
+                raise QuadformerError(f"every image under {self.root} failed verification; check or replace them")
+        if transform is None and image_size is not None:
+            transform = create_transforms(image_size, is_training, **(transform_kwargs or {}))
+        self.transform = transform
+
+    def _select(self, keep: np.ndarray, keep_arrays: Sequence[str] = ()) -> None:
+        """Keep the files ``keep`` (indices), with their rows in every per-file attribute."""
+        self.paths = [self.paths[i] for i in keep]
+        for name in (*self.row_arrays, *keep_arrays):
+            arr = getattr(self, name)
+            setattr(self, name, arr[keep] if isinstance(arr, np.ndarray) else [arr[i] for i in keep])
 
     @property
     def num_skipped(self) -> int:

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ...utils.errors import QuadformerError
-from .base import ClassList, ImageFiles, create_transforms, subset_indices
+from .base import ClassList, ImageFiles
 
 __all__ = [
     "VOC_CLASSES",
@@ -51,13 +51,8 @@ class MultiLabelFiles(ClassList, ImageFiles, Dataset):
     """Base class: a list of image paths with a float32 multi-hot matrix.
 
     Subclasses set ``self.root``, ``self.classes``, ``self.paths`` (list of str) and
-    ``self._targets`` (float32 ``[N, C]``), then call :meth:`_finish`.
-
-    Loading options (keywords of every multi-label loader): ``image_size`` (build timm
-    transforms when ``transform`` is ``None``), ``is_training`` (default: the split is a
-    training split), ``verify`` (check every file while scanning), ``max_samples`` / ``seed``
-    (a seeded random subset), ``max_retries``, ``on_error`` (``"skip"`` or ``"raise"``) and
-    ``transform_kwargs`` (for :func:`~quadformer.data.real.base.create_transforms`)."""
+    ``self._targets`` (float32 ``[N, C]``), then call :meth:`_finish`; every loader takes the
+    loading options of :class:`~quadformer.data.real.base.ImageFiles`."""
 
     multilabel = True
     paths: list[str]
@@ -76,54 +71,12 @@ class MultiLabelFiles(ClassList, ImageFiles, Dataset):
     def class_counts(self) -> np.ndarray:
         return self._targets.sum(0).astype(np.int64)
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    row_arrays = ("_targets",)
 
-    # -- setup
-    def _finish(
-        self,
-        transform: Callable | None,
-        training_default: bool,
-        keep_arrays: Sequence[str] = (),
-        *,
-        image_size: int | tuple[int, int] | None = None,
-        is_training: bool | None = None,
-        verify: bool = False,
-        max_samples: int | None = None,
-        seed: int = 0,
-        max_retries: int = 50,
-        on_error: str = "skip",
-        transform_kwargs: dict | None = None,
-    ) -> None:
-        """The loading options every multi-label loader takes (see the class docstring)."""
-        if is_training is None:
-            is_training = training_default
-        if on_error not in ("skip", "raise"):
-            raise QuadformerError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        self.on_error = on_error
-        self.max_retries = int(max_retries)
+    def _finish(self, transform: Callable | None, training_default: bool, keep_arrays: Sequence[str] = (),
+                **options: Any) -> None:
         self._targets = np.asarray(self._targets, np.float32).reshape(len(self.paths), len(self.classes))
-        keep = subset_indices(len(self.paths), max_samples, seed)
-        if keep is not None:
-            self._select(keep, keep_arrays)
-        self.skipped_paths: list[str] = []
-        self._skipped: set[str] = set()
-        if verify:
-            good = self._verified(self.paths)
-            if len(good) < len(self.paths):
-                self._select(np.asarray(good, np.int64), keep_arrays)
-            if not self.paths:
-                raise QuadformerError(f"every image of {self.root} failed verification")
-        if transform is None and image_size is not None:
-            transform = create_transforms(image_size, is_training, **(transform_kwargs or {}))
-        self.transform = transform
-
-    def _select(self, keep: np.ndarray, keep_arrays: Sequence[str] = ()) -> None:
-        self.paths = [self.paths[i] for i in keep]
-        self._targets = self._targets[keep]
-        for name in keep_arrays:
-            arr = getattr(self, name)
-            setattr(self, name, arr[keep] if isinstance(arr, np.ndarray) else [arr[i] for i in keep])
+        super()._finish(transform, training_default, keep_arrays, **options)
 
     def __getitem__(self, index: int):
         if not self.paths:
@@ -189,7 +142,7 @@ class VOCMultiLabel(MultiLabelFiles):
             * ``"exclude"``: images with a difficult-only class (any ``difficult_mask`` entry)
               are dropped; the remaining targets are unambiguous.
         year: ``"2007"`` (the layout works for other VOC years too).
-        Other keywords: the loading options of :class:`MultiLabelFiles`.
+        Other keywords: the loading options of :class:`~quadformer.data.real.base.ImageFiles`.
     """
 
     def __init__(
