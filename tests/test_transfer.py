@@ -558,3 +558,13 @@ def test_label_spaces_are_judged_by_class_names_for_builtin_tasks_too(tmp_path):
     f.write_text("tasks:\n  - {name: mixed, train: 'builtin:digits', test: 'builtin:dice'}\n")
     with pytest.raises(QuadformerError, match="'mixed': train and test label sets differ"):
         check_label_spaces(load_tasks(f))
+
+
+def test_cli_cache_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    from quadformer.cli.main import main
+
+    (tmp_path / "file").write_text("x")
+    rc = main(["transfer", "resnet10t", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "file" / "c"),
+               "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--cache-dir" in err and len(err.splitlines()) == 1, err

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.errors import QuadformerError
-from .common import nonneg_int, positive_int
+from .common import check_output_dir, nonneg_int, positive_int
 
 DEFAULT_CACHE = Path(os.environ.get("QUADFORMER_CACHE", Path.home() / ".cache" / "quadformer")) / "features"
 
@@ -353,6 +353,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_output_dir(args.out, "--out")
+    if not args.no_cache:
+        check_output_dir(args.cache_dir, "--cache-dir")
     tasks = load_tasks(args.tasks)  # everything is judged before any work
     check_label_spaces(tasks)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
