@@ -325,10 +325,20 @@ def _model_argv(cmd: str, spec: str, w, out: str) -> list[str]:
     raise AssertionError(cmd)
 
 
+def _help(cmd: str) -> str:
+    """``quadformer CMD --help`` (which options a command has)."""
+    import contextlib
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+        main([cmd, "--help"])
+    return buf.getvalue()
+
+
 def cases(w) -> list[Case]:
     c: list[Case] = []
     root, ck, ims, cf, df, tf = w["root"], w["ck"], w["images"], w["configs"], w["data"], w["tasks"]
-    good, run, last = str(w["good"]), str(w["run"]), str(w["last"])
+    good, run = str(w["good"]), str(w["run"])
     O = "OUT"  # replaced by the case's own output folder
     model_cmds = [m for m in (*MODEL_CMDS, "export") if m in COMMANDS]
 
@@ -345,9 +355,7 @@ def cases(w) -> list[Case]:
         "image_as_model": (good, "good.png"),
     }
     for f in sorted(ck.iterdir()):
-        if f.is_file() and f.suffix in (".pt", ".pth", ".safetensors"):
-            specs[f.name] = (str(f), f.name)
-        elif f.is_dir() and f.name != "emptydir":
+        if f.is_file() and f.suffix in (".pt", ".pth", ".safetensors") or f.is_dir() and f.name != "emptydir":
             specs[f.name] = (str(f), f.name)
     # these name the architecture they ask for, the bad value inside the file
     specs["unknown_arch.pt"] = (specs["unknown_arch.pt"][0], "no_such_model_xyz")
@@ -373,14 +381,8 @@ def cases(w) -> list[Case]:
             ("threadsabc", ["--threads", "abc"], "abc"), ("device-cuda7", ["--device", "cuda:7"], "cuda:7"),
             ("device-tpu", ["--device", "tpu"], "tpu"), ("device-garbage", ["--device", "gpu!"], "gpu!"),
             ("device-cuda", ["--device", "cuda"], "cuda"), ("device-cuda-neg", ["--device", "cuda:-1"], "cuda:-1")]
-    import argparse
-
-    from quadformer.cli.main import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
     for cmd, argv in base.items():
-        flags = {s for a in sub.choices[cmd]._actions for s in a.option_strings}  # noqa: SLF001
+        flags = set(re.findall(r"--[a-z][a-z0-9-]*", _help(cmd)))
         for name, extra, expect in opts:
             if extra[0] in flags:
                 if name == "device-cuda" and torch.cuda.is_available():
