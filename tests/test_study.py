@@ -247,3 +247,12 @@ def test_file_lock_equals_the_fcntl_one_and_is_freed_when_its_holder_is_killed(t
                 break
         time.sleep(0.05)
     assert held
+
+
+def test_measurements_cached_as_fractions_are_read_in_percent():
+    from quadformer.study.diversity_transfer import in_percent
+
+    old = {"condition": "sup", "up_lp": 0.5, "up_acc": None, "T_digits": 0.25, "A1": 0.3}
+    new = in_percent(old)
+    assert new == {"condition": "sup", "up_lp": 50.0, "up_acc": None, "T_digits": 25.0, "A1": 0.3, "unit": "percent"}
+    assert in_percent(new) == new

@@ -94,6 +94,18 @@ def _base_overrides(sc: StudyConfig) -> list[str]:
     return ov + list(sc.extra_overrides)
 
 
+def in_percent(row: dict[str, Any]) -> dict[str, Any]:
+    """A measurement row with its scores in percent: rows cached before the unit became percent
+    (no ``unit`` key) held fractions for ``up_lp``, ``up_acc`` and every ``T_<task>``."""
+    if row.get("unit") == "percent":
+        return row
+    out = dict(row, unit="percent")
+    for k, v in row.items():
+        if (k in ("up_lp", "up_acc") or k.startswith("T_")) and isinstance(v, (int, float)) and v is not None:
+            out[k] = 100.0 * v
+    return out
+
+
 class Study:
     def __init__(self, sc: StudyConfig, out: str | Path) -> None:
         if sc.arch not in ARCHS:
@@ -159,7 +171,7 @@ class Study:
         """Upstream accuracy, diversity and transfer of one model (cached as JSON)."""
         path = self.measure_dir / f"{cond}_seed{seed}.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            return in_percent(json.loads(path.read_text()))
         from ..diversity import fresh_init, measure_diversity
         from ..models.factory import model_gmacs
         from ..models.loading import load_model
@@ -175,7 +187,8 @@ class Study:
         else:
             lm = load_model(str(weights))
             model, digest = lm.model, lm.digest
-        row: dict[str, Any] = {"arch": self.sc.arch, "condition": cond, "seed": seed, "weights": str(weights)}
+        row: dict[str, Any] = {"arch": self.sc.arch, "condition": cond, "seed": seed, "weights": str(weights),
+                               "unit": "percent"}
 
         # upstream: head accuracy (supervised conditions) and linear-probe accuracy A
         up_tr = DataRef(self.sc.upstream, "train", self.sc.image_size, size=self.sc.upstream_probe_train)
