@@ -274,6 +274,18 @@ def test_csv_onehot_columns(csv_dir):
         CSVMultiLabel(f)
 
 
+def test_csv_split_files_share_the_training_classes(csv_dir):
+    (csv_dir / "train.csv").write_text("path,labels\nimg/0.png,ant;cat\nimg/1.png,bee\n")
+    (csv_dir / "val.csv").write_text("path,labels\nimg/2.png,cat\n")  # no ant, no bee
+    spec = f"csv:{csv_dir}/{{split}}.csv"
+    tr, va = build_dataset(spec, "train", 16), build_dataset(spec, "val", 16)
+    assert tr.class_names == va.class_names == ["ant", "bee", "cat"]
+    assert va.targets.tolist() == [[0.0, 0.0, 1.0]]  # cat keeps index 2
+    (csv_dir / "test.csv").write_text("path,labels\nimg/2.png,dog\n")
+    with pytest.raises(QuadformerError, match="test.csv line 2: unknown class 'dog'"):
+        build_dataset(spec, "test", 16)
+
+
 def test_csv_errors_and_corrupt_image(csv_dir, caplog):
     with pytest.raises(QuadformerError, match="nope.csv"):
         CSVMultiLabel(csv_dir / "nope.csv")

@@ -63,7 +63,8 @@ def build_dataset(
     * ``coco:<root>`` or ``coco:<instances.json>`` --
       :class:`~quadformer.data.real.multilabel.COCOMultiLabel` (train / val; test = val; ``year``).
     * ``csv:<file.csv>`` -- :class:`~quadformer.data.real.multilabel.CSVMultiLabel` (``{split}`` in the
-      file name is replaced by the split; a ``split`` column filters rows).
+      file name is replaced by the split, and the other splits take the training file's classes;
+      a ``split`` column filters rows).
 
     ``transform="auto"`` builds timm transforms for ``image_size`` (training augmentation when
     ``split == "train"``), ``None`` returns PIL images for real data. ``size`` keeps a seeded
@@ -96,6 +97,11 @@ def build_dataset(
         if scheme == "coco":
             return COCOMultiLabel(arg, split or "train", tf, **common, **kwargs)
         path = arg.replace("{split}", split) if split is not None and "{split}" in arg else arg
+        train_csv = arg.replace("{split}", "train")
+        if path != arg and split not in ("train", "trainval") and "classes" not in kwargs and Path(train_csv).is_file():
+            # one file per split: the other splits take the training file's classes (same labels)
+            fmt = {k: kwargs[k] for k in ("path_column", "labels_column", "separator", "image_root") if k in kwargs}
+            kwargs["classes"] = CSVMultiLabel(train_csv, **fmt).classes
         return CSVMultiLabel(path, tf, split=None if path != arg else split, **common, **kwargs)
 
     if scheme == "imagefolder":
