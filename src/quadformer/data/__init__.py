@@ -7,6 +7,7 @@ glyphs, natural photos, shapes-textures, scenes, digits, photo patches);
 CSV multi-label lists (``imagefolder:<root>``, ``cifar10:<root>``, ``voc2007:<root>``,
 ``coco:<root>``, ``csv:<file>``). Every data set exposes ``class_names``;
 :func:`check_same_classes` compares two label spaces. ImageNet mean / std are timm's constants.
+``docs/data.md`` describes the tasks and the measured properties of the natural-photo tasks.
 """
 
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
