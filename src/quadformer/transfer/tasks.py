@@ -90,16 +90,9 @@ def _known_schemes() -> tuple[str, ...]:
 
 
 def _builtin_names() -> list[str]:
-    from ..data import list_tasks
+    from ..data import builtin_task_names
 
-    names = list(list_tasks())
-    try:
-        from ..data import list_suite_tasks  # type: ignore[import-not-found]
-
-        names += [n for n in list_suite_tasks() if n not in names]
-    except ImportError:
-        pass
-    return names
+    return builtin_task_names()
 
 
 def validate_spec(spec: str, split: str | None, where: str) -> list[str]:
