@@ -82,3 +82,35 @@ def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "tokenize" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "RGB"])
+def test_every_mode_and_depth_tokenizes(tmp_path, mode):
+    """Every Pillow mode tokenizes; a 16-bit or float image keeps its contrast (not clipped to
+    white as ``convert("RGB")`` would)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (48, 64)).astype(np.uint8)
+    if mode == "I;16":
+        im = Image.fromarray((grey.astype(np.uint16) * 257))  # full 16-bit range
+        path = tmp_path / "img.png"
+    elif mode == "I":
+        im = Image.fromarray(grey.astype(np.int32) * 257)
+        path = tmp_path / "img.tif"
+    elif mode == "F":
+        im = Image.fromarray(grey.astype(np.float32) / 255.0)
+        path = tmp_path / "img.tif"
+    else:
+        im = Image.fromarray(np.stack([grey] * 3, -1)).convert(mode)
+        path = tmp_path / ("img.jpg" if mode == "CMYK" else "img.tif" if mode == "1" else "img.png")
+    im.save(path)
+    out = tmp_path / "b.json"
+    assert main(["tokenize", str(path), "--size", "64", "--min-patch", "8", "--max-patch", "32", "--budget", "10",
+                 "--json", str(out)]) == 0
+    assert len(json.loads(out.read_text())[0]["boxes"]) == 10
+    if mode in ("I;16", "I", "F"):
+        from quadformer.utils.images import load_rgb
+
+        a = np.asarray(load_rgb(path))[..., 0].astype(int)
+        assert (a == 255).mean() < 0.05 and abs(a - grey).max() <= 1
