@@ -26,8 +26,8 @@ Tasks (names for ``build_dataset("builtin:<name>", ...)``)::
 
     natural            single label: 1-2 plates of one class, fresh images (any size)
     natural-multi      1-3 distinct classes per image, multi-hot target
-    natural-3k         fixed-size: the first 3000 train images of ``natural`` (at most 3000),
-                       500 val / 1000 test images by default
+    natural-3k         fixed-size: the first 3000 train images of ``natural`` (at most 3000;
+                       val / test: the first 500 / 1000 of natural's by default)
     natural-multi-3k   the same for ``natural-multi``
 
 ``ds.render(i, return_mask=True)`` gives a :class:`~quadformer.data.procedural.base.Sample`
