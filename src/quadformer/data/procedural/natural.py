@@ -31,7 +31,7 @@ Tasks (names for ``build_dataset("builtin:<name>", ...)``)::
     natural-multi-3k   the same for ``natural-multi``
 
 ``ds.render(i, return_mask=True)`` gives a :class:`~quadformer.data.procedural.base.Sample`
-with ``mask`` (coverage of the class objects) and ``distractor_mask`` (blank plates and
+with ``mask`` (coverage of the class objects) and ``distractor_mask`` (decoy and blank plates,
 characters), float32 ``[H, W]`` in ``[0, 1]``; :meth:`NaturalDataset.background_box` gives the
 source photo and box of an image's background.
 """
