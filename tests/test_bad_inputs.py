@@ -321,7 +321,7 @@ def _model_argv(cmd: str, spec: str, w, out: str) -> list[str]:
     if cmd == "transfer":
         return ["transfer", spec, "--out", out, "--no-cache", "--grid", "smoke", "--no-progress"]
     if cmd == "export":
-        return ["export", spec, "--out", f"{out}/model.onnx"]
+        return ["export", spec, "--format", "onnx", "--out", f"{out}/model.onnx", "--no-check"]
     raise AssertionError(cmd)
 
 
@@ -376,6 +376,7 @@ def cases(w) -> list[Case]:
         "train": ["train", "--out", O, *MICRO, *TINY_DATA],
         "pretrain": ["pretrain", "--scheme", "supervised", "--out", O, *MICRO, *TINY_DATA],
         "train-scorer": ["train-scorer", "--out", O, *TINY_DATA],
+        "export": ["export", run, "--format", "onnx", "--out", f"{O}/m.onnx", "--no-check"],
     }
     opts = [("threads0", ["--threads", "0"], "0"), ("threads-1", ["--threads", "-1"], "-1"),
             ("threadsabc", ["--threads", "abc"], "abc"), ("device-cuda7", ["--device", "cuda:7"], "cuda:7"),
@@ -576,6 +577,16 @@ def cases(w) -> list[Case]:
     for name, argv in outs:
         c.append(Case(f"out-{name}", argv, "file_not_dir"))
     c.append(Case("out-eval-json-is-dir", ["eval", run, "--no-timing", "--json", str(df / "empty")], "empty"))
+
+    if "export" in COMMANDS:
+        exp = ["export", run, "--format", "onnx", "--out", f"{O}/m.onnx", "--no-check"]
+        for name, extra, expect in [("format", ["--format", "tflite"], "tflite"), ("budget0", ["--num-patches", "0"], "0"),
+                                    ("budget5", ["--num-patches", "5"], "N=5"), ("batch0", ["--batch-size", "0"], "0"),
+                                    ("arch", ["--arch", "vit_tiny_patch16_224"], "vit_tiny_patch16_224")]:
+            c.append(Case(f"export-{name}", exp + extra, expect))
+        c.append(Case("export-out-is-dir", ["export", run, "--format", "onnx", "--out", str(df / "empty")], "empty"))
+        c.append(Case("export-out-under-file", ["export", run, "--format", "pt2", "--out", blocked + "/m.pt2"],
+                      "file_not_dir"))
 
     # -- 9. unknown arguments and commands --
     c.append(Case("argv-unknown-command", ["no-such-command"], "no-such-command"))

@@ -3,7 +3,7 @@
 ``add_common(parser)`` adds ``--threads``, ``--device``, ``--progress/--no-progress`` and
 ``--log-level``; :func:`quadformer.cli.main.main` calls :func:`apply_common` on every command
 before it runs, so a bad value fails as one line before any work starts, whichever command
-declared the option (commands that declare their own ``--threads``/``--device`` get the same
+declared the option (a command whose ``--out`` is a file sets ``OUT_IS_FILE = True``) (commands that declare their own ``--threads``/``--device`` get the same
 checks). Argument types (``positive_int``, ...) give argparse one-line errors.
 """
 
@@ -105,9 +105,10 @@ def check_output_file(path: str | os.PathLike | None, option: str) -> None:
     check_output_dir(p.parent, option)
 
 
-def apply_common(args: argparse.Namespace) -> None:
-    """Judge and apply the shared options present on ``args`` (threads, device, log level);
-    ``args.device`` becomes a ``torch.device`` string that exists here."""
+def apply_common(args: argparse.Namespace, out_is_file: bool = False) -> None:
+    """Judge and apply the shared options present on ``args`` (threads, device, log level,
+    counts, the output folder, or file with ``out_is_file``); ``args.device`` becomes a
+    ``torch.device`` string that exists here."""
     threads = getattr(args, "threads", None)
     if threads is not None:
         if int(threads) < 1:
@@ -131,5 +132,8 @@ def apply_common(args: argparse.Namespace) -> None:
         bad = [x for x in v if isinstance(x, int) and x < 1] if isinstance(v, list) else []
         if bad:
             raise QuadformerError(f"--{name.replace('_', '-')} {bad[0]} must be >= 1")
-    for name in ("out", "cache_dir"):
-        check_output_dir(getattr(args, name, None), "--" + name.replace("_", "-"))
+    if out_is_file:
+        check_output_file(getattr(args, "out", None), "--out")
+    else:
+        check_output_dir(getattr(args, "out", None), "--out")
+    check_output_dir(getattr(args, "cache_dir", None), "--cache-dir")

@@ -18,6 +18,8 @@ import torch
 from ..utils.errors import QuadformerError
 from .common import add_common, check_output_file, positive_int
 
+OUT_IS_FILE = True  # --out names a file: cli.common judges it as one
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",

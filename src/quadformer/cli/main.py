@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prefix = f"quadformer {args.command}: "
     try:
-        apply_common(args)
+        apply_common(args, out_is_file=bool(getattr(args._module, "OUT_IS_FILE", False)))
         return int(args._module.run(args) or 0)
     except QuadformerError as e:
         if args.debug:
