@@ -6,8 +6,10 @@ ratios hold on a noisy, shared machine. Usage:
     OMP_WAIT_POLICY=PASSIVE python benchmarks/tokenizer.py [--threads 2] [--quick] [--csv out.csv]
 
 Columns: ms/img and images/s of the full tokenizer (score + select + resample + embed,
-D=384), ms/img of a timm ViT-S forward on N uniform tokens, and tokenizer/ViT-S.
-A second table times selection alone over N (Python overhead must not grow with N).
+D=384; ``Tokenizer`` runs the Quadformer's own ``embed_mosaic`` path), ms/img of a timm
+ViT-S forward on N uniform tokens, and tokenizer/ViT-S. A second table times selection
+alone over N (Python overhead must not grow with N). ``benchmarks/run_all.py`` prints all
+README tables (model forward, training step, peak memory, CUDA).
 """
 
 from __future__ import annotations
