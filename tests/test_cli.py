@@ -252,3 +252,18 @@ def test_predict_folder_without_images_is_one_line(run_dir, tmp_path, capsys):
     (tmp_path / "docs" / "a.txt").write_text("x")
     assert main(["predict", str(run_dir), str(tmp_path / "docs")]) == 2
     assert "holds no images" in _one_line(capsys.readouterr().err)
+
+
+def test_predict_local_dir_class_names_from_config(images, tmp_path, capsys):
+    """A save_for_hf folder (local-dir:): class names come from its config.json."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    m = timm.create_model("quadformer_micro_patch4_32", num_classes=3, embed_dim=32, depth=2, num_heads=2).eval()
+    save_for_hf(m, tmp_path / "hf", safe_serialization=True, model_config={"label_names": ["ant", "bee", "cat"]})
+    out = tmp_path / "p.json"
+    assert main(["predict", f"local-dir:{tmp_path / 'hf'}", str(images / "img1.png"), "--json", str(out),
+                 "--no-progress"]) == 0
+    top = json.loads(out.read_text())["predictions"][0]["top"]
+    assert [t["class"] for t in top] == [["ant", "bee", "cat"][t["index"]] for t in top] and len(top) == 3
