@@ -398,7 +398,7 @@ def cases(w) -> list[Case]:
         ("eval", ["--split", "train"], "train"), ("eval", ["--ema", "--arch", "vit_tiny_patch16_224"], "vit_tiny"),
         ("predict", ["--top-k", "0"], "0"), ("predict", ["--top-k", "x"], "x"), ("predict", ["--batch-size", "0"], "0"),
         ("demo", ["--epochs", "0"], "0"), ("demo", ["--train-size", "0"], "0"), ("demo", ["--test-size", "0"], "0"),
-        ("demo", ["--epochs", "-2"], "-2"), ("demo", ["--budgets", "0"], "0"), ("demo", ["--budgets", "7"], "7"),
+        ("demo", ["--epochs", "-2"], "-2"), ("demo", ["--budgets", "0"], "0"), ("demo", ["--budgets", "7", "--scorer", "laplacian"], "N=7"),
         ("demo", ["--task", "no-such-task"], "no-such-task"),
         ("study", ["--resamples", "0"], "0"), ("study", ["--seeds", "0"], "0"), ("study", ["--seeds", "-1"], "-1"),
         ("transfer", ["--batch-size", "0"], "0"), ("transfer", ["--knn-k", "0"], "0"),

@@ -144,13 +144,20 @@ def test_overrides_after_out_are_accepted(monkeypatch, tmp_path):
 
 
 def test_cli_resolves_hub_names_offline(monkeypatch):
+    import os
+
     import huggingface_hub.constants as hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(eval_cmd, "run", lambda a: 0)
+    seen = []
+    monkeypatch.setattr(eval_cmd, "run", lambda a: seen.append((hub.HF_HUB_OFFLINE, os.environ["HF_HUB_OFFLINE"])))
     main(["eval", "m"])
-    assert hub.HF_HUB_OFFLINE is True
+    assert seen == [(True, "1")]
+    assert hub.HF_HUB_OFFLINE is False and "HF_HUB_OFFLINE" not in os.environ  # restored for in-process callers
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user asks for downloads
+    main(["eval", "m"])
+    assert seen[-1] == (False, "0")
 
 
 # -- eval ----------------------------------------------------------------------------------------

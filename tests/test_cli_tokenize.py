@@ -93,7 +93,7 @@ def test_every_mode_and_depth_tokenizes(tmp_path, mode):
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 256, (48, 64)).astype(np.uint8)
     if mode == "I;16":
-        im = Image.fromarray((grey.astype(np.uint16) * 257))  # full 16-bit range
+        im = Image.fromarray(grey.astype(np.uint16) * 257)  # full 16-bit range
         path = tmp_path / "img.png"
     elif mode == "I":
         im = Image.fromarray(grey.astype(np.int32) * 257)

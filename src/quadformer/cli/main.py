@@ -10,9 +10,11 @@ OS refuses. Any other exception is a bug and shows its traceback. Ctrl-C exits w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator
 
 from ..utils.errors import QuadformerError
 from .common import apply_common
@@ -74,14 +76,36 @@ def _os_message(e: OSError) -> str:
     return f"{what}: {where}; check the path (a file where a folder should be, or no write permission?)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    # hub names resolve from the local cache; a download is asked for with HF_HUB_OFFLINE=0
-    # (otherwise a closed machine retries the network for half a minute)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if os.environ["HF_HUB_OFFLINE"].strip().lower() in ("1", "true", "yes", "on"):
-        hub = sys.modules.get("huggingface_hub.constants")  # already imported (by timm): read at import
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Hub names resolve from the local cache while a command runs; a download is asked for
+    with ``HF_HUB_OFFLINE=0`` (otherwise a closed machine retries the network for half a
+    minute). huggingface_hub reads the variable at import (timm imports it first), so its
+    constant is set too; both are restored afterwards (in-process callers keep theirs)."""
+    old_env = os.environ.get("HF_HUB_OFFLINE")
+    offline = (old_env or "1").strip().lower() in ("1", "true", "yes", "on")
+    hub = sys.modules.get("huggingface_hub.constants")
+    old_const = getattr(hub, "HF_HUB_OFFLINE", None)
+    os.environ["HF_HUB_OFFLINE"] = "1" if offline else old_env or "0"
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = offline
+    try:
+        yield
+    finally:
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
         if hub is not None:
-            hub.HF_HUB_OFFLINE = True
+            hub.HF_HUB_OFFLINE = old_const
+
+
+def main(argv: list[str] | None = None) -> int:
+    with _hub_offline():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
     if not getattr(args, "command", None):
