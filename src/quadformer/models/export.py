@@ -70,7 +70,7 @@ def export_program(model: nn.Module, example: Tensor) -> torch.export.ExportedPr
     """``torch.export.export`` of ``model(x)`` with a dynamic batch dimension."""
     model = model.eval()
     try:
-        return torch.export.export(_Forward(model), (example,), dynamic_shapes=_dynamic_batch(example))
+        return torch.export.export(_Forward(model).eval(), (example,), dynamic_shapes=_dynamic_batch(example))
     except Exception as e:  # noqa: BLE001 - re-raised unless the custom scorer is the cause
         _scorer_guard(model, "pt2", e)
         raise
@@ -108,7 +108,7 @@ def export_model(model: nn.Module, out: str | os.PathLike, fmt: str, image_size:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_file = Path(tmp) / "model.onnx"
         try:
-            prog = torch.onnx.export(_Forward(model), (x,), dynamo=True, dynamic_shapes=_dynamic_batch(x),
+            prog = torch.onnx.export(_Forward(model).eval(), (x,), dynamo=True, dynamic_shapes=_dynamic_batch(x),
                                      input_names=["x"], output_names=["logits"], verbose=False)
         except Exception as e:  # noqa: BLE001 - re-raised unless the custom scorer is the cause
             _scorer_guard(model, "onnx", e)
