@@ -93,6 +93,10 @@ def test_resume_compares_the_whole_recipe_and_replans_more_epochs(tmp_path, capl
                         ("optim.weight_decay=0.1", "optim.weight_decay")):
         with pytest.raises(QuadformerError, match=key):
             train(cfg_for(out, "train.epochs=1", change), resume="last")
+    # a checkpoint of the older layout (weights under model/ema) still resumes
+    ck = load_checkpoint(out / "last.pt")
+    ck["model"], ck["ema"] = ck.pop("state_dict"), ck.pop("state_dict_ema")
+    torch.save(ck, out / "last.pt")
     # where it writes and how it reports are not the recipe
     done = train(cfg_for(out, "train.epochs=1", "output.tensorboard=true", "train.checkpoint_every_steps=3"),
                  resume="last")

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from ..utils.errors import QuadformerError
-from ..utils.errors import QuadformerError
 from ..utils.io import atomic_write
 from ..utils.state_dict import load_torch_file
 from .state import Parts, TrainState

@@ -31,10 +31,12 @@ from ..models.factory import classifier_keys, model_gmacs, unwrap
 from ..utils.errors import QuadformerError
 from .checkpoint import load_training_checkpoint, restore, save_checkpoint
 from .config import Config, validate
-from .data import DataBundle, SeededItems, SkipSampler, build_data, build_dataset, epoch_loader, training_items
+from .data import DataBundle, build_data, epoch_loader, training_items
+from .data import SeededItems, SkipSampler, build_dataset  # noqa: F401  (re-exported)
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .export import export_weights, write_summary
-from .loop import Interrupt, StepHooks, amp_context, epoch_row, evaluate, train_one_epoch
+from .loop import Interrupt, StepHooks, epoch_row, evaluate, train_one_epoch
+from .loop import amp_context  # noqa: F401  (re-exported)
 from .metrics_log import MetricsLog, require_wandb
 from .run_folder import make_folder, recipe_diff, run_lock, start_afresh, write_config
 from .state import Parts, TrainState
@@ -76,6 +78,9 @@ def init_from_checkpoint(model: nn.Module, cfg: Config) -> None:
                               f"{cfg.model.name}. Use a checkpoint of the same architecture")
     missing, unexpected = model.load_state_dict(state, strict=False)
     head = set(classifier_keys(model))
+    # stage B may use another scorer than stage A: its weights come from its own scorer_kwargs
+    missing = [k for k in missing if not k.startswith("scorer.")]
+    unexpected = [k for k in unexpected if not k.startswith("scorer.")]
     if unexpected or set(missing) - head:
         raise QuadformerError(f"model.init_checkpoint {cfg.model.init_checkpoint} does not fit {cfg.model.name}: "
                               f"missing {sorted(set(missing) - head)[:3]}, unexpected {unexpected[:3]}")
@@ -189,8 +194,8 @@ def resume_run(ck: dict[str, Any], parts: Parts, plan: Plan, planned_epochs: int
 def wrap_ddp(step_module: nn.Module, device: torch.device, info: DistInfo, find_unused: bool) -> nn.Module:
     if not info.enabled:
         return step_module
-    return nn.parallel.DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None,
-                                               find_unused_parameters=find_unused)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(step_module, device_ids=ids, find_unused_parameters=find_unused)
 
 
 def wandb_args(cfg: Config, out: Path, state: TrainState) -> dict[str, Any] | None:
@@ -287,7 +292,8 @@ def train(cfg: Config, resume: str | Path | None = None, stop_after_steps: int |
         first_step = state.global_step
         hooks = StepHooks(
             save=save, snapshot=snapshot, checkpoint_every=cfg.train.checkpoint_every_steps,
-            snapshot_steps={round(plan.total_steps * (i + 1) / cfg.train.snapshots) for i in range(cfg.train.snapshots)},
+            snapshot_steps={round(plan.total_steps * (i + 1) / cfg.train.snapshots)
+                            for i in range(cfg.train.snapshots)},
             should_stop=lambda: interrupt.hit or (stop_after_steps is not None
                                                   and state.global_step - first_step >= stop_after_steps))
         sampler = DistributedSampler(items, num_replicas=info.world_size, rank=info.rank, shuffle=True,

@@ -77,6 +77,23 @@ class StepHooks:
     checkpoint_every: int = 0
 
 
+def backward_and_step(parts: Parts, loss: torch.Tensor, clip_grad: float | None) -> None:
+    """One optimiser update: backward (loss-scaled under fp16), gradient-norm clipping, step."""
+    parts.optimizer.zero_grad(set_to_none=True)
+    if parts.scaler is not None:
+        parts.scaler.scale(loss).backward()
+        parts.scaler.unscale_(parts.optimizer)
+    else:
+        loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_(parts.step_module.parameters(), clip_grad)
+    if parts.scaler is not None:
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+    else:
+        parts.optimizer.step()
+
+
 def train_one_epoch(parts: Parts, loader: Iterable, state: TrainState, *, total_steps: int, clip_grad: float | None,
                     amp: str, device: torch.device, info: DistInfo, hooks: StepHooks, bar: Any = None) -> bool:
     """Optimiser steps over ``loader`` (the rest of ``state.epoch``), updating ``state``.
@@ -88,19 +105,7 @@ def train_one_epoch(parts: Parts, loader: Iterable, state: TrainState, *, total_
         y = y.to(device, non_blocking=True)
         with amp_context(amp, device):
             loss = parts.ddp_step(x, y, state.epoch)
-        parts.optimizer.zero_grad(set_to_none=True)
-        if parts.scaler is not None:
-            parts.scaler.scale(loss).backward()
-            parts.scaler.unscale_(parts.optimizer)
-        else:
-            loss.backward()
-        if clip_grad:
-            nn.utils.clip_grad_norm_(parts.step_module.parameters(), clip_grad)
-        if parts.scaler is not None:
-            parts.scaler.step(parts.optimizer)
-            parts.scaler.update()
-        else:
-            parts.optimizer.step()
+        backward_and_step(parts, loss, clip_grad)
         state.global_step += 1
         state.step_in_epoch += 1
         parts.scheduler.step_update(num_updates=state.global_step)
