@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
            "metric": "mAP" if lm.multilabel else "top1", "top1": round(metrics["top1"], 2),
            "images": int(metrics["count"]), "gmacs_per_image": round(gmacs, 4), "gmacs_convention": convention,
            "threads": torch.get_num_threads(), "device": str(device)}
+    if metrics.get("map_dropped"):  # classes without a positive: not part of the mAP
+        res["map_dropped"] = metrics["map_dropped"]
     if not args.no_timing:
         ips = throughput(model, size, args.batch_sizes, device, args.repeats)
         res["images_per_s"] = {str(b): round(v, 1) for b, v in ips.items()}
