@@ -6,10 +6,12 @@ held-out test images:
 
 * ``glyphs``: small textured plates on smooth scenes (pixel-blur scorer);
 * ``natural-3k``: the same kind of plates on crops of real photos, a fixed set of 3000
-  training images as a user's data set would be, with pixel-blur and with the best
-  label-free learned scorer: a saliency CNN distilled from the Grad-CAM of the demo's own
-  full-resolution vanilla ViT (N=256), trained on the same images (``--scorer`` picks
-  another one).
+  training images as a user's data set would be. The recipe (``benchmarks/natural_recipe.py``):
+  every natural run starts from the glyphs run of the same family and N (pretraining on a
+  built-in upstream task, then fine-tuning; from scratch when that run is not part of the
+  demo). Quadformers with pixel-blur and with the best label-free learned scorer: a saliency
+  CNN distilled, on the natural training images, from the Grad-CAM of the true class of the
+  glyphs vanilla ViT at N=256 (the full-resolution teacher; ``--scorer`` picks another one).
 
 Writes to OUT:
   results.csv, results.md            top-1, GMACs per image (scorer included), images/s at
@@ -47,19 +49,20 @@ DEFAULT_RUNS = [
     ("vanilla", VANILLA, 100, None),
     ("vanilla", VANILLA, 256, None),
 ]
-QUICK_RUNS = DEFAULT_RUNS[:2]
+QUICK_RUNS = [DEFAULT_RUNS[0], DEFAULT_RUNS[1], DEFAULT_RUNS[5]]  # N=256: the distilled scorer's teacher
 NATURAL = "natural-3k"
 LEARNED = "distilled"
-#: the vanilla N=256 run comes first: it is the distilled scorer's teacher
 NATURAL_RUNS = [
-    ("vanilla", VANILLA, 256, None),
     ("vanilla", VANILLA, 64, None),
     ("quadformer", QUAD, 64, "pixel-blur"),
     ("quadformer", QUAD, 64, LEARNED),
     ("quadformer", QUAD, 100, LEARNED),
+    ("vanilla", VANILLA, 256, None),
 ]
 NATURAL_FULL_EXTRA = [("quadformer", QUAD, 100, "pixel-blur"), ("vanilla", VANILLA, 100, None),
                       ("quadformer", QUAD, 28, LEARNED)]
+#: the glyphs run whose Grad-CAM teaches the distilled scorer (trained first)
+TEACHER = "vanilla_N256"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="natural part: label-free scorer beside pixel-blur (default distilled; e.g. laplacian)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per glyphs run (default 2; 1 with --quick)")
     p.add_argument("--natural-epochs", type=int, default=None,
-                   help="epochs per natural-photo run (default 6; 12 with --full; 1 with --quick)")
+                   help="epochs per natural-photo run (default 3; 8 with --full; 1 with --quick)")
     p.add_argument("--train-size", type=int, default=None,
                    help="glyphs training images (default 4000; 512 with --quick). Fresh procedural images beat "
                         "repeated epochs: a micro ViT memorises a small set before it learns the textures")
@@ -93,7 +96,7 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, str, int, str | None]]:
 
 
 def _natural_runs(args: argparse.Namespace) -> list[tuple[str, str, int, str | None]]:
-    runs = NATURAL_RUNS[:1] + NATURAL_RUNS[2:4] if args.quick else NATURAL_RUNS + (NATURAL_FULL_EXTRA if args.full else [])
+    runs = NATURAL_RUNS[1:3] if args.quick else NATURAL_RUNS + (NATURAL_FULL_EXTRA if args.full else [])
     return [(f, m, n, args.scorer if s == LEARNED else s) for f, m, n, s in runs]
 
 
@@ -102,7 +105,7 @@ def _label(family: str, scorer: str | None) -> str:
 
 
 def _overrides(task: str, name: str, n: int, scorer: str | None, scorer_weights: str | None, train_size: int,
-               epochs: int, cache: Path, run_dir: Path, seed: int) -> list[str]:
+               epochs: int, cache: Path, run_dir: Path, seed: int, init: Path | None = None) -> list[str]:
     kwargs = "global_pool: max"  # max over tokens: the class lives in a few small objects
     if scorer is not None:
         kwargs += f", scorer: {scorer}"
@@ -113,7 +116,7 @@ def _overrides(task: str, name: str, n: int, scorer: str | None, scorer_weights:
         f"data.train_size={train_size}", "data.val_size=500", "data.image_size=128", "data.batch_size=64",
         f"data.cache_dir={cache}", f"train.epochs={epochs}", f"seed={seed}", f"output.dir={run_dir}",
         "optim.lr=2e-3", "optim.warmup_epochs=0.5", "optim.weight_decay=0.05", "model.kwargs={" + kwargs + "}",
-    ]
+    ] + ([f"model.init_checkpoint={init}"] if init else [])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     epochs = args.epochs or (1 if args.quick else 2)
-    nat_epochs = args.natural_epochs or (1 if args.quick else 12 if args.full else 6)
+    nat_epochs = args.natural_epochs or (1 if args.quick else 8 if args.full else 3)
     train_size = args.train_size or (512 if args.quick else 4000)
     nat_size = 512 if args.quick else 3000
     out: Path = args.out
@@ -133,13 +136,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_natural:
         parts.append((NATURAL, _natural_runs(args), nat_epochs, nat_size, out / "runs" / NATURAL))
     plan = []
+    first = {(fam, n) for fam, _, n, sc in (parts[0][1] if parts else []) if sc in (None, "pixel-blur")}
+    if args.scorer == LEARNED and not args.no_natural and ("vanilla", 256) not in first:
+        raise QuadformerError("the distilled scorer's teacher is the glyphs vanilla N=256 run; run the glyphs part "
+                              "with its default budgets, or pick --scorer laplacian")
     for task, runs, ep, size, root in parts:  # validate every run before any work starts
         for family, name, n, scorer in runs:
             sub = "" if scorer in (None, "pixel-blur") else f"_{scorer}"
             run_dir = root / f"{family}_N{n}{sub}"
             weights = str(scorer_file) if scorer == LEARNED else None
-            cfg = load_config(None, _overrides(task, name, n, scorer, weights, size, ep, cache, run_dir, args.seed))
-            if weights is None:
+            init = out / "runs" / f"{family}_N{n}" / "last.pt" if task == NATURAL and (family, n) in first else None
+            cfg = load_config(None, _overrides(task, name, n, scorer, weights, size, ep, cache, run_dir, args.seed,
+                                               init))
+            if weights is None and init is None:
                 from ..train.engine import check_model_config
 
                 check_model_config(cfg)
@@ -152,8 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
             tests[task] = build_dataset(f"builtin:{task}", "test", args.test_size, False, 128, 0, str(cache))
         if scorer == LEARNED and not scorer_file.exists():
-            teacher = out / "runs" / task / "vanilla_N256"  # trained first (NATURAL_RUNS)
-            _distil(task, teacher, scorer_file, cfg, args)
+            _distil(task, out / "runs" / TEACHER, scorer_file, cfg, args)
         row, model = _train_and_eval(task, family, name, n, scorer, run_dir, cfg, tests[task], size_of(cfg))
         rows.append(row)
         models[(task, row["family"], n)] = model
@@ -202,8 +210,9 @@ def _train_and_eval(task, family, name, n, scorer, run_dir: Path, cfg, test, ima
 
 
 def _distil(task: str, teacher_dir: Path, path: Path, cfg, args) -> None:
-    """The label-free scorer of the natural part: Grad-CAM of the vanilla N=256 run (the
-    full-resolution teacher, trained on the same images) distilled into a saliency CNN."""
+    """The label-free scorer of the natural part: Grad-CAM of the true class by the glyphs
+    vanilla N=256 run (full resolution, same 10 classes), computed on the natural training
+    images, distilled into a saliency CNN."""
     from ..train.saliency import distill
 
     print(f"[{task}] distilling the saliency of {teacher_dir} into {path}")
