@@ -405,7 +405,7 @@ def cases(w) -> list[Case]:
         ("transfer", ["--shots", "0"], "0"), ("transfer", ["--draws", "0"], "0"), ("transfer", ["--epochs", "0"], "0"),
         ("transfer", ["--image-size", "0"], "0"), ("transfer", ["--lrs", "abc"], "abc"),
         ("transfer", ["--protocol", "telepathy"], "telepathy"),
-        ("diversity", ["--batch-size", "0"], "0"), ("diversity", ["--num-images", "0"], "0"),
+        ("diversity", ["--batch-size", "0"], "0"), ("diversity", ["--num-images", "0"], "0"), ("diversity", ["--num-images", "1"], "--num-images 1"),
         ("diversity", ["--image-size", "0"], "0"), ("diversity", ["--model-kwargs", "{broken"], "--model-kwargs"),
         ("diversity", ["--data", "nosuch:thing"], "nosuch:thing"),
     ]

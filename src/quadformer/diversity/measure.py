@@ -210,7 +210,7 @@ def collect_features(model: nn.Module, data: Any, num_images: int = 2000, batch_
     batches, idx, source = _batches(data, num_images, batch_size, seed, list(indices) if indices is not None else None)
     n = len(idx)
     if n < 2:
-        raise ValueError(f"the probe set has {n} image(s); activation diversity needs at least 2")
+        raise QuadformerError(f"the probe set has {n} image(s); activation diversity needs at least 2")
     taps = activation_taps(model) if taps is None else taps
     was_training = model.training
     model.eval()

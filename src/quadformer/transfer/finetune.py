@@ -40,6 +40,7 @@ from ..train import train as engine_train
 from .features import dataset_targets
 from .metrics import headline_key, multi_label_metrics, single_label_metrics
 from .probes import ProbeResult, fit_linear, grid_search, resolve_grid, select_best, validation_split
+from ..utils.errors import QuadformerError
 
 __all__ = ["LR_GRIDS", "DEFAULT_EPOCHS", "FinetuneOptions", "finetune", "head_from_probe", "predict_logits"]
 
@@ -56,7 +57,7 @@ DEFAULT_EPOCHS = 12
 def _check_grid(lrs: Sequence[float]) -> tuple[float, ...]:
     lrs = tuple(sorted(float(v) for v in lrs))
     if not lrs or min(lrs) <= 0:
-        raise ValueError(f"learning rates must be positive, got {list(lrs)}")
+        raise QuadformerError(f"learning rates must be positive, got {list(lrs)}")
     if len(lrs) < 4 or lrs[-1] / lrs[0] < 30 - 1e-9:
         warnings.warn(f"fine-tune lr grid {list(lrs)} has fewer than 4 values or spans less than 30x (the design: >= 4 "
                       f"lrs spanning >= 30x)", RuntimeWarning, stacklevel=3)

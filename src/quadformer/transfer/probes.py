@@ -34,6 +34,7 @@ import numpy as np
 
 from ..utils.io import jsonable
 from .metrics import headline_key, multi_label_metrics, single_label_metrics
+from ..utils.errors import QuadformerError
 
 __all__ = [
     "C_GRIDS",
@@ -497,7 +498,7 @@ def fewshot_draws(train_y: np.ndarray, shots: int, n_draws: int = 20, seed: int 
     classes, counts = np.unique(y, return_counts=True)
     short = [int(c) for c, n in zip(classes, counts) if n < shots]
     if short:
-        raise ValueError(f"{shots}-shot draws need >= {shots} training examples per class; classes {short} "
+        raise QuadformerError(f"{shots}-shot draws need >= {shots} training examples per class; classes {short} "
                          f"have fewer")
     by_class = [np.flatnonzero(y == c) for c in classes]
     draws = []

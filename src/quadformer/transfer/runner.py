@@ -17,6 +17,7 @@ from .features import DataRef, FeatureSet, build_eval_dataset, dataset_targets, 
 from .finetune import DEFAULT_EPOCHS, LR_GRIDS, FinetuneOptions, finetune
 from .probes import ProbeResult, fewshot_probe, knn_probe, linear_probe
 from .tasks import Task
+from ..utils.errors import QuadformerError
 
 __all__ = ["PROTOCOLS", "ModelRef", "ProtocolOptions", "task_refs", "task_features", "evaluate_task"]
 
@@ -119,7 +120,7 @@ def evaluate_task(m: ModelRef, task: Task, protocol: str, opts: ProtocolOptions)
                         class_names=ftr.class_names, val_frac=opts.val_frac, seed=opts.seed, **common)
     else:
         if ml:
-            raise ValueError(f"few-shot is defined for single-label tasks; {task.name} is multi-label")
+            raise QuadformerError(f"few-shot is defined for single-label tasks; {task.name} is multi-label")
         res = fewshot_probe(ftr.features, ftr.targets, fte.features, fte.targets, shots=opts.shots,
                             n_draws=opts.draws, seed=opts.seed, C=opts.fewshot_C, **common)
     info["seconds"] = time.perf_counter() - t0
