@@ -3,8 +3,9 @@
 ``add_common(parser)`` adds ``--threads``, ``--device``, ``--progress/--no-progress`` and
 ``--log-level``; :func:`quadformer.cli.main.main` calls :func:`apply_common` on every command
 before it runs, so a bad value fails as one line before any work starts, whichever command
-declared the option (a command whose ``--out`` is a file sets ``OUT_IS_FILE = True``) (commands that declare their own ``--threads``/``--device`` get the same
-checks). Argument types (``positive_int``, ...) give argparse one-line errors.
+declared the option (its own ``--threads``/``--device``/counts/``--out`` get the same checks;
+a command whose ``--out`` is a file sets ``OUT_IS_FILE = True``). Argument types
+(``positive_int``, ...) give argparse one-line errors.
 """
 
 from __future__ import annotations
