@@ -274,3 +274,14 @@ def test_predict_local_dir_class_names_from_config(images, tmp_path, capsys):
                  "--no-progress"]) == 0
     top = json.loads(out.read_text())["predictions"][0]["top"]
     assert [t["class"] for t in top] == [["ant", "bee", "cat"][t["index"]] for t in top] and len(top) == 3
+
+
+def test_predict_mosaics_keep_same_named_files_apart(run_dir, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / d / "x.png")
+    mos = tmp_path / "m"
+    assert main(["predict", str(run_dir), str(tmp_path / "a"), str(tmp_path / "b"), "--mosaics", str(mos),
+                 "--no-progress"]) == 0
+    assert sorted(p.name for p in mos.iterdir()) == ["x.png", "x_2.png"]

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     records, skipped = [], []
+    used: set[str] = set()  # mosaic file names (two folders may hold the same file name)
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=not args.progress, dynamic_ncols=True)
     with torch.inference_mode():
         for i in range(0, len(files), args.batch_size):
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                     records.append({"image": str(p), "top": [{"class": names[c], "index": c, "score": round(v, 6)}
                                                              for v, c in zip(s, j)]})
                 if args.mosaics is not None:
-                    _mosaics(model, x, [p for p, _ in ok], args.mosaics, lm)
+                    _mosaics(model, x, [p for p, _ in ok], args.mosaics, lm, used)
             bar.update(len(ok) + len(bad))
     bar.close()
     if not records:
@@ -143,12 +144,17 @@ def _write_csv(path: Path, records: list[dict], k: int) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
-def _mosaics(model, x: torch.Tensor, paths: list[Path], folder: Path, lm) -> None:
+def _mosaics(model, x: torch.Tensor, paths: list[Path], folder: Path, lm, used: set[str]) -> None:
     from ..tokenize import mosaic
     from ..viz import save_mosaic_grid
 
     g = model.geometry
     pixels, boxes, _ = mosaic(x, g, model.scorer, getattr(model, "resample", "reference"))
     for i, p in enumerate(paths):
-        save_mosaic_grid(folder / f"{p.stem}.png", x[i:i + 1].cpu(), pixels[i:i + 1].cpu(), boxes[i:i + 1].cpu(),
+        name, n = f"{p.stem}.png", 1
+        while name in used:
+            n += 1
+            name = f"{p.stem}_{n}.png"
+        used.add(name)
+        save_mosaic_grid(folder / name, x[i:i + 1].cpu(), pixels[i:i + 1].cpu(), boxes[i:i + 1].cpu(),
                          g.p_min, [f"{p.name}  N={g.num_patches}"], mean=lm.mean, std=lm.std)
