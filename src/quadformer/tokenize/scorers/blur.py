@@ -56,7 +56,9 @@ def _up_rows(s: Tensor, f: int) -> Tensor:
     return out.flatten(-3, -2)
 
 
-def _down(x: Tensor, f: int) -> Tensor:
+def downsample(x: Tensor, f: int) -> Tensor:
+    """Bilinear down-scale by an even factor ``f`` (``align_corners=False``): the mean of the two middle
+    pixels of each f-block per axis, exactly what ``F.interpolate`` computes, without its overhead."""
     a, b = f // 2 - 1, f // 2  # the two middle pixels of each f-block (f even)
     cols = torch.lerp(x[..., a::f], x[..., b::f], 0.5)
     return torch.lerp(cols[..., a::f, :], cols[..., b::f, :], 0.5)
@@ -70,7 +72,7 @@ def blur(images: Tensor, scale: int) -> Tensor:
     if scale < 1 or h % f or w % f:
         raise ValueError(f"image size {h}x{w} is not divisible by 2**{scale}={f} (scale must be >= 1)")
     if images.device.type == "cpu" or is_tracing():  # one graph on every device when exported
-        return _up_rows(_up_cols(_down(images, f), f), f)
+        return _up_rows(_up_cols(downsample(images, f), f), f)
     small = F.interpolate(images, size=(h // f, w // f), mode="bilinear", align_corners=False, antialias=False)
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
 

@@ -32,7 +32,7 @@ from .backbones import (
     shufflenet_backbone,
 )
 from .base import PatchScorer, to_grid
-from .blur import _down as blur_down
+from .blur import downsample as blur_down
 from .blur import blur
 from .macs import count_macs, module_device_dtype
 
