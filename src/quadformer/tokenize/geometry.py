@@ -1,4 +1,4 @@
-"""Quadtree geometry: scales, grids, legal token budgets (spec §1, §4).
+"""Quadtree geometry: scales, grids, legal token budgets (docs/design/mixed_resolution.md §1, §4).
 
 A :class:`QuadGeometry` is immutable and hashable, so per-geometry index tables can be
 cached by value (never by tensor identity).

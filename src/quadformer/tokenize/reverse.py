@@ -1,4 +1,4 @@
-"""Reverse quadtree: token features back to a dense p_min grid (spec §11)."""
+"""Reverse quadtree: token features back to a dense p_min grid (docs/design/mixed_resolution.md §11)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Patch scorers (spec §7): one importance map per splittable scale, higher = split sooner."""
+"""Patch scorers (docs/design/mixed_resolution.md §7): one importance map per splittable scale, higher = split sooner."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frozen feature backbones for :class:`~.feature.FeatureScorer` (spec §7).
+"""Frozen feature backbones for :class:`~.feature.FeatureScorer` (docs/design/mixed_resolution.md §7).
 
 A backbone is any module mapping ``[B, 3, h, w]`` to ``[B, C', h/stride, w/stride]`` and
 carrying its ``stride``. Weights come only from a local file or an explicitly named
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ...utils.errors import QuadformerError
 from ...utils.state_dict import load_torch_file
 
-#: Output stride of each ShuffleNetV2 tap (spec §7): the last module kept for it.
+#: Output stride of each ShuffleNetV2 tap (docs/design/mixed_resolution.md §7): the last module kept for it.
 SHUFFLENET_TAPS: dict[int, str] = {8: "stage2", 16: "stage3", 32: "conv5"}
 _SHUFFLENET_ORDER = ("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5")
 

@@ -1,4 +1,4 @@
-"""Patch-scorer interface (spec §7).
+"""Patch-scorer interface (docs/design/mixed_resolution.md §7).
 
 A scorer maps a batch of images to one importance map per splittable scale: scale ``s``
 (``1..L-1``) is ``[B, H/p_s, W/p_s]`` float32, higher = split sooner. Scorers never cache

@@ -2,7 +2,7 @@
 
 ``blur_s = up(down(x, (H/2^s, W/2^s)), (H, W))``, both bilinear, ``align_corners=False``,
 no antialias: what the image looks like when every region is represented by ``p_s`` patches
-resampled to ``p_min`` pixels (spec §5, ``resample="reference"``).
+resampled to ``p_min`` pixels (docs/design/mixed_resolution.md §5, ``resample="reference"``).
 
 On CPU, ``F.interpolate``'s generic bilinear kernel is slow (~3 ns per output pixel), so an
 integer factor ``f`` is resampled with its closed form instead (~5x faster, equal up to float

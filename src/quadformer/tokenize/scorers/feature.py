@@ -1,4 +1,4 @@
-"""Feature-based scorer (spec §7, the paper's main scorer).
+"""Feature-based scorer (docs/design/mixed_resolution.md §7, the paper's main scorer).
 
 A region deserves small patches if blurring it to the resolution of a bigger patch changes
 what a small frozen CNN sees there: ``map_j = mean_channels (F(blur_j) - F(x))^2``.

@@ -1,4 +1,4 @@
-"""Grad-CAM oracle scorer (spec §7): label-aware saliency of a trained classifier.
+"""Grad-CAM oracle scorer (docs/design/mixed_resolution.md §7): label-aware saliency of a trained classifier.
 
 It needs the true labels, so it is for analysis only (the paper's "oracle Quadformer", an
 upper bound on scorer quality). The CAM has many exact zeros, so the tie rule matters.

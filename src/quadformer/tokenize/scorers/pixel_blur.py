@@ -1,4 +1,4 @@
-"""Pixel-blur scorer (spec §7): how much detail a patch would lose if it stayed coarse."""
+"""Pixel-blur scorer (docs/design/mixed_resolution.md §7): how much detail a patch would lose if it stayed coarse."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Precomputed scorer (spec §7): importance maps supplied by the caller with every call.
+"""Precomputed scorer (docs/design/mixed_resolution.md §7): importance maps supplied by the caller with every call.
 
 No caching: the reference keyed a cache on tensor identity and served stale maps after
 in-place edits or new maps, so each call resamples exactly what it is given.

@@ -1,4 +1,4 @@
-"""Random scorer (spec §7): U(0, 1) per cell, a baseline for what scoring buys.
+"""Random scorer (docs/design/mixed_resolution.md §7): U(0, 1) per cell, a baseline for what scoring buys.
 
 With a seed, one CPU ``torch.Generator`` is created once and advanced by every call, so a run
 is reproducible yet every batch gets new scores (the reference reseeded per call and gave
