@@ -693,6 +693,10 @@ def test_bad_input_corpus(world, tmp_path, capsys, monkeypatch):
         print(f"\nbad-input corpus: {n} cases, {handled} handled ({100.0 * handled / n:.1f}%), "
               f"{len(xfails)} known failures (xfail), {len(failures)} failures; "
               f"{sum(durations.values()):.1f} s in the cases")
+        kinds: dict[str, int] = {}
+        for case in table:
+            kinds[case.id.split("-")[0]] = kinds.get(case.id.split("-")[0], 0) + 1
+        print("  by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
         if os.environ.get("QUADFORMER_CORPUS_TIMES"):
             for k in sorted(durations, key=durations.get, reverse=True)[:25]:
                 print(f"  {durations[k]:6.2f} s  {k}")
