@@ -489,13 +489,15 @@ def cases(w) -> list[Case]:
             ("zero_epochs", "train.epochs=0", "epochs"), ("zero_batch", "data.batch_size=0", "batch_size"),
             ("negative_epochs", "train.epochs=-1", "epochs"), ("nan_lr", "optim.lr=nan", "lr"),
             ("unknown_model", "model.name=no_such_model_xyz", "no_such_model_xyz"),
+            ("hub_model", "model.name=hf-hub:nobody/no-such-model", "no-such-model"),
+            ("local_dir_model", f"model.name=local-dir:{root / 'nope'}", "nope"),
             ("bad_kwarg", "model.kwargs={no_such_kwarg: 1}", "no_such_kwarg"),
             ("bad_data", "data.train=nosuch:thing", "nosuch:thing"),
             ("bad_builtin", "data.train=builtin:no-such-task", "no-such-task"),
             ("image_size_small", "data.image_size=8", "8"),
         ]
         for name, ov, expect in overrides:
-            if cmd == "train-scorer" and name in ("unknown_model", "bad_kwarg"):
+            if cmd == "train-scorer" and name in ("unknown_model", "bad_kwarg", "hub_model", "local_dir_model"):
                 continue
             c.append(Case(f"override-{cmd}-{name}", argv + [ov], expect))
     # resume, init and vanilla checkpoints in train

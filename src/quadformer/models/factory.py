@@ -45,6 +45,12 @@ def build_model(name: str, num_classes: int, image_size: int, num_patches: int |
             close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
             raise QuadformerError(f"unknown model {name!r}; e.g. {', '.join(close)}") from None
         raise
+    except OSError as e:  # a hub name: not in the local cache and no network, or a folder without config.json
+        if name.startswith(("hf-hub:", "local-dir:")):
+            raise QuadformerError(f"model {name!r} cannot be read ({e.__class__.__name__}); for hf-hub: names "
+                                  f"download it where there is a network, for local-dir: pass a folder written "
+                                  f"by timm.models.save_for_hf") from None
+        raise
     if vanilla_checkpoint and is_ours(name):
         load_vanilla_checkpoint(model, vanilla_checkpoint)
     return model
