@@ -129,16 +129,21 @@ def test_learned_scorer_trains_with_the_model_and_keeps_outputs():
     frozen.train()
     assert not frozen.scorer.training
     model.train()
-    assert model.scorer.training and all(p.requires_grad for p in model.scorer.parameters())
+    assert model.scorer.training and all(p.requires_grad for p in model.scorer.delta.parameters())
+    assert not any(p.requires_grad for p in model.scorer.net.parameters())  # the starting point stays
     x, y = torch.randn(4, 3, 128, 128), torch.tensor([0, 1, 2, 3])
     train_logits = model(x)
     torch.nn.functional.cross_entropy(train_logits, y).backward()
-    grads = [p.grad for p in model.scorer.parameters()]
+    grads = [p.grad for p in model.scorer.delta.parameters()]
     assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(x), train_logits.detach(), atol=1e-5)  # the gate is 1 in value
     assert model.gmacs() > frozen.gmacs()
+    torch.optim.SGD(model.scorer.delta.parameters(), lr=1.0).step()  # the offsets move, the export follows
+    with torch.no_grad():
+        assert torch.allclose(model.scorer.saliency(x), torch.sigmoid(model.scorer.merged_net()(x)), atol=1e-6)
+        assert not torch.allclose(model.scorer.saliency(x), torch.sigmoid(model.scorer.net(x)))
 
 
 def test_learned_scorer_gradient_sign():

@@ -201,4 +201,4 @@ def export_learned(run: str | Path, path: str | Path) -> Path:
     scorer = getattr(loaded.model, "scorer", None)
     if not isinstance(scorer, LearnedScorer):
         raise QuadformerError(f"{run} is not a Quadformer with the end-to-end scorer (model.kwargs={{scorer: learned}})")
-    return save_saliency_net(scorer.net, path, extra={"source": str(run), "kind": "learned"})
+    return save_saliency_net(scorer.merged_net(), path, extra={"source": str(run), "kind": "learned"})

@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 
 from ..geometry import QuadGeometry
-from .distilled import DistilledScorer, scale_maps
+from .distilled import DistilledScorer, SaliencyNet, scale_maps
 
 
 @lru_cache(maxsize=32)
@@ -56,21 +57,46 @@ def decision_tables(geometry: QuadGeometry) -> tuple[Tensor, Tensor]:
 
 class LearnedScorer(DistilledScorer):
     """A saliency network trained jointly with the Quadformer (``trainable = True``): it is
-    not frozen, follows ``model.train()`` and its parameters are in the optimiser.
+    not frozen and follows ``model.train()``.
+
+    The trained parameters are offsets ``delta`` from the starting weights ``w0`` (kept in
+    ``net``, frozen): ``w = w0 + step_scale * delta`` with ``delta = 0`` at the start. With
+    Adam-type optimisers the step in ``w`` is ``step_scale`` times the model's learning rate,
+    and weight decay pulls ``w`` back to the starting scorer instead of to zero (in our runs
+    a scorer trained directly with the model's learning rate and weight decay collapsed to a
+    constant map within 3 epochs).
 
     Args:
         weights: ``'random'`` (default) or a distilled scorer file to start from (recommended:
             the straight-through signal refines a sensible mosaic faster than it finds one).
         widths, stride, pool: as :class:`~.distilled.DistilledScorer`.
-        gate_scale: multiplies the straight-through term (gradient strength for the scorer).
+        gate_scale: multiplies the straight-through term.
+        step_scale: the scorer's learning rate relative to the model's (see above).
     """
 
     trainable = True
 
     def __init__(self, weights: str | os.PathLike | None = "random", *, widths: Sequence[int] = (8, 16, 32),
-                 stride: int = 8, pool: str = "max", gate_scale: float = 1.0) -> None:
+                 stride: int = 8, pool: str = "max", gate_scale: float = 1.0, step_scale: float = 0.1) -> None:
         super().__init__(weights, widths=widths, stride=stride, pool=pool)
         self.gate_scale = float(gate_scale)
+        self.step_scale = float(step_scale)
+        self.net.requires_grad_(False)
+        self.delta = nn.ParameterDict({k.replace(".", "__"): nn.Parameter(torch.zeros_like(v))
+                                       for k, v in self.net.named_parameters()})
+
+    def effective_weights(self) -> dict[str, Tensor]:
+        return {k: v + self.step_scale * self.delta[k.replace(".", "__")] for k, v in self.net.named_parameters()}
+
+    def saliency(self, images: Tensor) -> Tensor:
+        return torch.sigmoid(functional_call(self.net, self.effective_weights(), (images.float(),)))
+
+    def merged_net(self) -> SaliencyNet:
+        """A plain :class:`SaliencyNet` with the current weights (for export)."""
+        net = SaliencyNet(self.net.widths, self.net.stride)
+        with torch.no_grad():
+            net.load_state_dict({k: v.detach().clone() for k, v in self.effective_weights().items()})
+        return net.eval()
 
     def gate(self, tokens: Tensor, index: Tensor, geometry: QuadGeometry, images: Tensor) -> Tensor:
         """``tokens [B, N, D]`` of cells ``index [B, N]`` times the straight-through factor."""
