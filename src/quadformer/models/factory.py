@@ -79,11 +79,15 @@ def model_gmacs(model: nn.Module, image_size: int) -> tuple[float, str]:
 
 
 def classifier_keys(model: nn.Module) -> set[str]:
-    """State-dict keys of the model's classifier (timm's ``get_classifier``), empty without one."""
+    """State-dict keys of the model's classifier (timm's ``get_classifier``), empty without one.
+
+    A distilled model (timm DeiT) returns a tuple of heads (``head``, ``head_dist``): the keys
+    of every one, so a new head replaces both and no measurement counts either."""
     clf = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(clf, nn.Module) or isinstance(clf, nn.Identity):
-        return set()
+    heads = [m for m in (clf if isinstance(clf, (tuple, list)) else (clf,))
+             if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
+    keys: set[str] = set()
     for name, mod in model.named_modules():
-        if mod is clf:
-            return {f"{name}.{k}" for k in clf.state_dict()}
-    return set()
+        if any(mod is h for h in heads):
+            keys |= {f"{name}.{k}" for k in mod.state_dict()}
+    return keys
