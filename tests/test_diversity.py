@@ -376,6 +376,25 @@ def test_cli_train_checkpoint_uses_config_seed(tmp_path):
     assert all(v == 0.0 for v in doc["delta_vs_init"]["metrics"].values() if v is not None)
 
 
+def test_cli_default_out_follows_the_spec(tmp_path):
+    """Without --out: beside the weights file read (a run folder's own diversity/, not its
+    parent's), else runs/diversity/<spec as one folder name> (timm names, hub specs)."""
+    from pathlib import Path
+
+    from quadformer.cli.diversity_cmd import default_out
+    from quadformer.models.loading import load_model
+
+    path, _, _ = _export(tmp_path)
+    for spec in (tmp_path, path):  # the run folder, or its model.safetensors
+        assert default_out(str(spec), load_model(spec)) == tmp_path / "diversity"
+    lm = load_model("uniform_vit_micro_patch4_32")
+    assert default_out("uniform_vit_micro_patch4_32", lm) == Path("runs/diversity/uniform_vit_micro_patch4_32")
+    hub = SimpleNamespace(kind="hub", path=tmp_path / "cache" / "model.safetensors")
+    assert default_out("hf-hub:org/name", hub) == Path("runs/diversity/hf-hub_org_name")
+    assert default_out(f"local-dir:{tmp_path}/m", hub) == Path("runs/diversity") / (
+        "local-dir_" + str(tmp_path).strip("/").replace("/", "_") + "_m")
+
+
 def test_cli_wrong_checkpoint_one_line_error(tmp_path):
     from quadformer.cli import diversity_cmd
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import re
 from pathlib import Path
 
 from ..utils.errors import QuadformerError
@@ -42,19 +44,69 @@ def nonneg_int(text: str) -> int:
     return v
 
 
+def _number(text: str, minimum: float, strict: bool) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if math.isnan(v) or (v <= minimum if strict else v < minimum):
+        raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {minimum:g}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    return _number(text, 0.0, True)
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a number >= 0."""
+    return _number(text, 0.0, False)
+
+
+def positive_floats(text: str) -> list[float]:
+    """argparse type: positive numbers separated by commas or spaces (e.g. an lr grid)."""
+    values = [positive_float(v) for v in text.replace(",", " ").split()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
+    return values
+
+
+def image_size(text: str) -> int:
+    """argparse type: an input size >= 8 pixels."""
+    v = positive_int(text)
+    if v < 8:
+        raise argparse.ArgumentTypeError(f"{text} is too small (need >= 8 pixels)")
+    return v
+
+
+def safe_name(text: str) -> str:
+    """``text`` (a model spec, a task name) as one file or folder name: runs of other characters
+    than letters, digits, ``.``, ``_`` and ``-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_.") or "model"
+
+
 def add_common(p: argparse.ArgumentParser, *, device: bool = True, threads: bool = True,
-               progress: bool = True, log_level: bool = True) -> None:
-    """The shared options (each can be left out where a command has no use for it)."""
+               progress: bool = True, log_level: bool = True, progress_default: bool | None = True,
+               log_level_default: str = "info") -> None:
+    """The shared options (each can be left out where a command has no use for it).
+
+    ``progress_default=None`` leaves ``args.progress`` None unless given, so a config file's own
+    setting (``train.progress``) stands; a command that is quiet by default passes
+    ``log_level_default="warning"``."""
     g = p.add_argument_group("common options")
     if threads:
         g.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: all)")
     if device:
         g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     if progress:
-        g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                       help="show progress bars (default: on)")
+        shown = {True: "on", False: "off", None: "the config's train.progress"}[progress_default]
+        g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=progress_default,
+                       help=f"show progress bars (default: {shown})")
     if log_level:
-        g.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="logging level (default: info)")
+        g.add_argument("--log-level", default=None, choices=LOG_LEVELS,
+                       help=f"logging level (default: {log_level_default})")
+        p.set_defaults(log_level_default=log_level_default)
 
 
 def parse_device(spec: str | None):
@@ -120,9 +172,11 @@ def apply_common(args: argparse.Namespace, out_is_file: bool = False) -> None:
     if getattr(args, "device", None) is not None:
         args.device = str(parse_device(args.device))
     level = getattr(args, "log_level", None)
-    if level is not None:
+    if level is not None:  # asked for: applies even where logging is set up already
         logging.basicConfig(level=getattr(logging, level.upper()), format="%(message)s")
         logging.getLogger().setLevel(getattr(logging, level.upper()))
+    elif hasattr(args, "log_level_default"):  # the command's default: an in-process caller's own setup stands
+        logging.basicConfig(level=getattr(logging, args.log_level_default.upper()), format="%(message)s")
     for name in ("batch_size", "ft_batch_size", "num_images", "epochs", "draws", "resamples", "train_size",
                  "test_size", "data_size", "top_k", "num_patches"):
         v = getattr(args, name, None)
@@ -137,4 +191,5 @@ def apply_common(args: argparse.Namespace, out_is_file: bool = False) -> None:
         check_output_file(getattr(args, "out", None), "--out")
     else:
         check_output_dir(getattr(args, "out", None), "--out")
-    check_output_dir(getattr(args, "cache_dir", None), "--cache-dir")
+    if not getattr(args, "no_cache", False):  # --no-cache: the cache folder is never touched
+        check_output_dir(getattr(args, "cache_dir", None), "--cache-dir")

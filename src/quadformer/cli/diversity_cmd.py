@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .common import nonneg_int, parse_device, positive_int
+from .common import add_common, image_size, nonneg_int, parse_device, positive_int, safe_name
 
 DEFAULT_DATA = "builtin:shapes-textures"
 
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-seed", type=nonneg_int, default=None,
                    help="draw of a built-in task (default: the checkpoint's, or 0)")
     p.add_argument("--probe-seed", type=nonneg_int, default=0, help="seed of the probe subset and of the pass (default 0)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="input size (default: checkpoint's / model's)")
+    p.add_argument("--image-size", type=image_size, default=None, help="input size (default: checkpoint's / model's)")
     p.add_argument("--arch", default=None, help="timm name for a bare state-dict checkpoint")
     p.add_argument("--num-classes", type=nonneg_int, default=None,
                    help="head size for a timm name (default 0: none; the head is never measured)")
@@ -53,10 +53,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a2-tokens", action="store_true", help="also A2 with every token/position a sample")
     p.add_argument("--max-rows", type=positive_int, default=20000, help="row cap of the --a2-tokens subsample")
     p.add_argument("--batch-size", type=positive_int, default=64, help="probe batch size (default: 64)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: <checkpoint folder>/diversity, or runs/diversity/<name>)")
+                   help="output folder (default: <checkpoint's folder>/diversity; for a timm name or a "
+                        "local-dir:/hf-hub: spec, runs/diversity/<spec as a folder name>)")
+    add_common(p, progress=False)  # one pass over a fixed probe set: no progress bar
+
+
+def default_out(spec: str, lm) -> Path:
+    """Where the results go without --out: beside the checkpoint file that was read (a run
+    folder, or the folder holding last.pt / model.safetensors), else under runs/diversity
+    named after the spec (a timm name, local-dir:DIR, hf-hub:NAME: nothing of the user's to
+    write into)."""
+    if lm.kind in ("export", "train_checkpoint", "state_dict") and lm.path is not None:
+        return Path(lm.path).parent / "diversity"
+    return Path("runs") / "diversity" / safe_name(spec)
 
 
 def _probe_dataset(source: str, split: str, size: int | None, image_size: int, seed: int):
@@ -77,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
     from ..models.loading import load_model
     from ..utils.errors import QuadformerError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.num_images is not None and args.num_images < 2:
         raise QuadformerError(f"--num-images {args.num_images}: need at least 2 (>= max(2000, 5d) for reported numbers)")
     try:
@@ -110,8 +118,7 @@ def run(args: argparse.Namespace) -> int:
                                 device=device, seed=args.probe_seed, qkv=args.qkv, a2_tokens=args.a2_tokens,
                                 max_rows=args.max_rows)
     res["warnings"] = notes + res["warnings"]
-    out = args.out or (Path(args.model).resolve().parent / "diversity" if lm.kind != "timm"
-                       else Path("runs") / "diversity" / lm.name)
+    out = args.out or default_out(str(args.model), lm)
     import timm
 
     header = {"model": str(args.model), "architecture": lm.name, "source": lm.kind, "checkpoint_sha256": lm.sha256,

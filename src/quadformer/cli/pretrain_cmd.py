@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+
+from .common import add_common, positive_float, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,17 +29,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage-a", default=None, metavar="DIR", help="reuse a finished SSL run as stage A")
     p.add_argument("--stage-a-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides for the SSL stage only, e.g. train.epochs=40 optim.lr=2e-3")
-    p.add_argument("--long-factor", type=int, default=3, help="supervised-long: epochs multiplier")
-    p.add_argument("--lowlr-factor", type=float, default=0.2, help="ssl-then-supervised-lowlr: stage-B lr factor")
+    p.add_argument("--long-factor", type=positive_int, default=3, help="supervised-long: epochs multiplier")
+    p.add_argument("--lowlr-factor", type=positive_float, default=0.2, help="ssl-then-supervised-lowlr: stage-B lr factor")
     p.add_argument("--out", required=True, help="output folder")
+    add_common(p, device=False, progress_default=None)  # the engine picks the device, as in train
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train import load_config
     from ..train.schemes import SchemeOptions, run_scheme
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(args.config, list(args.overrides))
+    progress = [] if args.progress is None else [f"train.progress={str(args.progress).lower()}"]
+    cfg = load_config(args.config, list(args.overrides) + progress)
     opts = SchemeOptions(teacher=args.teacher, stage_a=args.stage_a, stage_a_overrides=list(args.stage_a_set),
                          long_factor=args.long_factor, lowlr_factor=args.lowlr_factor)
     res = run_scheme(args.scheme, cfg, args.out, opts)

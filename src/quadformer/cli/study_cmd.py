@@ -16,11 +16,10 @@ under a lock file); on 2 cores, two processes with --threads 1 beat one with --t
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 
 from ..utils.errors import QuadformerError
-from .common import positive_int
+from .common import add_common, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,9 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="architecture(s) of the studied models; with several, also a pooled report "
                         "(architecture fixed effects, accuracy vs GMACs)")
     p.add_argument("--conditions", nargs="+", default=None, choices=list(CONDITIONS), help="default: the core set")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--resamples", type=positive_int, default=2000, help="bootstrap resamples (default: 2000)")
     p.add_argument("--out", default=None, help="output folder (default outputs/study, or outputs/study_quick)")
+    # the engine picks the device and each run keeps its own progress setting; only --threads and the log level
+    add_common(p, device=False, progress=False, log_level_default="warning")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
     from ..study.report import write_pooled_report, write_report
     from ..utils.io import file_lock
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     archs = list(dict.fromkeys(args.arch))
     seeds = args.seeds or [None]
     if len(seeds) not in (1, len(archs)):

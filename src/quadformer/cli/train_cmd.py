@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+
+from .common import add_common
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,13 +25,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="resume from CKPT, or from OUT/last.pt when no path is given; the config must be the "
                         "run's own, except train.epochs (more epochs re-plan the schedule)")
     p.add_argument("--out", default=None, help="output folder (same as output.dir=...)")
+    # no --device: the engine takes cuda when there is one (torchrun: one GPU per process)
+    add_common(p, device=False, progress_default=None)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..train import load_config, train
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(args.overrides) + ([f"output.dir={args.out}"] if args.out else [])
+    if args.progress is not None:
+        overrides.append(f"train.progress={str(args.progress).lower()}")
     cfg = load_config(args.config, overrides)
     result = train(cfg, resume=args.resume)
     if result.get("interrupted"):

@@ -31,53 +31,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils.errors import QuadformerError
-from .common import check_output_dir, nonneg_int, positive_int
+from .common import (add_common, image_size, nonneg_float, nonneg_int, parse_device, positive_float, positive_floats,
+                     positive_int, safe_name)
 
 DEFAULT_CACHE = Path(os.environ.get("QUADFORMER_CACHE", Path.home() / ".cache" / "quadformer")) / "features"
-
-
-def _number(text: str, minimum: float, strict: bool) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if v != v or (v <= minimum if strict else v < minimum):
-        raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {minimum:g}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    return _number(text, 0.0, True)
-
-
-def nonneg_float(text: str) -> float:
-    """argparse type: a number >= 0."""
-    return _number(text, 0.0, False)
-
-
-def image_size(text: str) -> int:
-    """argparse type: an input size >= 8 pixels."""
-    v = positive_int(text)
-    if v < 8:
-        raise argparse.ArgumentTypeError(f"{text} is too small (need >= 8 pixels)")
-    return v
-
-
-def _floats(text: str) -> list[float]:
-    """argparse type: positive numbers separated by commas or spaces."""
-    values = [positive_float(v) for v in text.replace(",", " ").split()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
-    return values
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,14 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"feature cache folder (default: {DEFAULT_CACHE}; env QUADFORMER_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--out", type=Path, default=Path("runs/transfer"), help="output folder (default: runs/transfer)")
-    p.add_argument("--device", default=None,
-                   help="feature extraction device, e.g. cpu or cuda (default: cuda when available); "
-                        "fine-tuning uses the engine's device choice")
     p.add_argument("--batch-size", type=positive_int, default=256,
                    help="feature extraction batch size (default: 256)")
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="validation splits, few-shot draws, fine-tune runs (default: 0)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     g = p.add_argument_group("kNN / few-shot")
     g.add_argument("--knn-k", type=positive_int, nargs="+", default=[10, 20, 200], help="k values (default: 10 20 200)")
     g.add_argument("--shots", type=positive_int, nargs="+", default=[1, 5, 10],
@@ -117,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fewshot-c", type=positive_float, default=1.0,
                    help="fixed C for k < 5 (k >= 5: nested validation on the smoke grid) (default: 1.0)")
     g = p.add_argument_group("fine-tuning")
-    g.add_argument("--lrs", type=_floats, default=None, help="comma-separated lr grid (default: --lr-grid)")
+    g.add_argument("--lrs", type=positive_floats, default=None, help="comma-separated lr grid (default: --lr-grid)")
     g.add_argument("--lr-grid", default="vit", choices=tuple(LR_GRIDS),
                    help="named lr grid: " + "; ".join(f"{k} {list(v)}" for k, v in LR_GRIDS.items())
                         + " (default: vit)")
@@ -128,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lp-ft", action="store_true", help="LP-FT: start the new head from the linear probe")
     g.add_argument("--amp", default="off", choices=("off", "auto", "bf16", "fp16"),
                    help="mixed precision (default: off)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_common(p)  # --device: feature extraction (fine-tuning uses the engine's device choice)
 
 
 # ------------------------------------------------------------------ models
@@ -150,10 +109,6 @@ def _label(spec: str, taken: set[str]) -> str:
         label, i = f"{base}#{i}", i + 1
     taken.add(label)
     return label
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
 def _load(spec: str, device: str, image_size: int | None):
@@ -271,7 +226,7 @@ def evaluate_all(results: Results, tasks: list, opts, out: Path, progress: bool)
                     results.rows.append(_row(m.label, task.name, protocol, res, info))
                     doc = {"model": {"label": m.label, **m.info}, "task": task.to_dict(), "protocol": protocol,
                            "result": res.to_dict(), "run": info}
-                    write_json(out / protocol / _safe(m.label) / f"{_safe(task.name)}.json", doc)
+                    write_json(out / protocol / safe_name(m.label) / f"{safe_name(task.name)}.json", doc)
                 if bar is not None:
                     bar.update(1)
     if bar is not None:
@@ -343,28 +298,19 @@ def _options(args: argparse.Namespace, device: str):
                            ft_batch_size=args.ft_batch_size, weight_decay=args.weight_decay, lp_ft=args.lp_ft,
                            amp=args.amp, representation=args.representation, batch_size=args.batch_size,
                            device=device, cache_dir=None if args.no_cache else args.cache_dir,
-                           progress=not args.no_progress)
+                           progress=args.progress)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..transfer import check_label_spaces, load_tasks
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    check_output_dir(args.out, "--out")
-    if not args.no_cache:
-        check_output_dir(args.cache_dir, "--cache-dir")
-    tasks = load_tasks(args.tasks)  # everything is judged before any work
+    tasks = load_tasks(args.tasks)  # everything is judged before any work (the options by cli.common)
     check_label_spaces(tasks)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise QuadformerError(f"--device {device}: CUDA is not available here; use --device cpu")
+    device = str(parse_device(args.device))
     results = Results(list(dict.fromkeys(args.protocol)), load_models(args.models, device, args.image_size))
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    evaluate_all(results, tasks, _options(args, device), args.out, not args.no_progress)
+    evaluate_all(results, tasks, _options(args, device), args.out, args.progress)
     summary = write_outputs(results, tasks, args, time.perf_counter() - t0)
     print_report(results, tasks, summary, args.out)
     return 0
