@@ -251,7 +251,7 @@ def test_sk_patches_skips_missing_photos(tmp_path, monkeypatch, caplog):
     for fn in ("camera.png", "coins.png", "moon.png"):
         shutil.copy(os.path.join(src, fn), tmp_path / fn)
     monkeypatch.setattr(photos, "skimage_dirs", lambda: [str(tmp_path)])
-    photos.load_photos.cache_clear()
+    photos.load_named_photos.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="quadformer.data.procedural.photos"):
             ds = build_suite_dataset("sk-patches", "test", 16)
@@ -259,11 +259,11 @@ def test_sk_patches_skips_missing_photos(tmp_path, monkeypatch, caplog):
         assert len(ds) == 120 and ds.images.shape[-1] == 3
         assert "astronaut" in caplog.text and "skipping" in caplog.text
         monkeypatch.setattr(photos, "skimage_dirs", lambda: [str(tmp_path / "none")])
-        photos.load_photos.cache_clear()
+        photos.load_named_photos.cache_clear()
         with pytest.raises(QuadformerError, match="none of the scikit-image photos"):
             build_suite_dataset("sk-patches", "test", 16)
     finally:
-        photos.load_photos.cache_clear()
+        photos.load_named_photos.cache_clear()
 
 
 def test_dataloader_and_transform():

@@ -22,26 +22,24 @@ from ..utils.errors import QuadformerError
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _int_at_least(text: str, lo: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    if v < lo:
+        raise argparse.ArgumentTypeError(f"{text} must be >= {lo}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
 
 
 def nonneg_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return v
+    return _int_at_least(text, 0)
 
 
 def _number(text: str, minimum: float, strict: bool) -> float:

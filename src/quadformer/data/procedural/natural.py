@@ -49,7 +49,7 @@ from ...utils.errors import QuadformerError
 from . import plates as P
 from .base import RenderedDataset, Sample, sample_labels
 from .draw import to_uint8
-from .photos import PATCH_SOURCES, find_photo, read_photo
+from .photos import PATCH_SOURCES, load_named_photos
 
 __all__ = [
     "NATURAL_PHOTOS",
@@ -131,19 +131,12 @@ def is_natural_task(name: str) -> bool:
 # --------------------------------------------------------------------------- precomputed material
 
 
-@lru_cache(maxsize=1)
 def _photos() -> tuple[tuple[str, np.ndarray], ...]:
-    found = []
-    for name, fn in NATURAL_PHOTOS.items():
-        path = find_photo(fn)
-        if path is None:
-            log.warning("natural: scikit-image photo %r (%s) is not bundled here; skipping it", name, fn)
-            continue
-        found.append((name, read_photo(path)))
+    found = load_named_photos(tuple(NATURAL_PHOTOS.items()), "natural")
     if not found:
         raise QuadformerError("natural: none of scikit-image's bundled colour photos is available; "
                               "reinstall scikit-image")
-    return tuple(found)
+    return found
 
 
 @lru_cache(maxsize=8)

@@ -65,22 +65,28 @@ def read_photo(path: str) -> np.ndarray:
     return np.asarray(open_rgb(path), np.uint8)
 
 
-@lru_cache(maxsize=1)
-def load_photos() -> tuple[tuple[str, np.ndarray], ...]:
-    """The available scikit-image photos as uint8 RGB arrays, in :data:`PATCH_SOURCES` order."""
+@lru_cache(maxsize=4)
+def load_named_photos(sources: tuple[tuple[str, str], ...], task: str) -> tuple[tuple[str, np.ndarray], ...]:
+    """The available photos of ``sources`` (``(name, file)`` pairs) as uint8 RGB arrays, in that
+    order; a photo this installation lacks or cannot read is skipped with a warning naming ``task``."""
     found = []
-    for name, fn in PATCH_SOURCES.items():
+    for name, fn in sources:
         path = find_photo(fn)
         if path is None:
-            log.warning("sk-patches: scikit-image photo %r (%s) is not bundled here; skipping it", name, fn)
+            log.warning("%s: scikit-image photo %r (%s) is not bundled here; skipping it", task, name, fn)
             continue
         try:
             arr = read_photo(path)
         except (OSError, ValueError) as e:
-            log.warning("sk-patches: cannot read %s (%s); skipping %r", path, e, name)
+            log.warning("%s: cannot read %s (%s); skipping %r", task, path, e, name)
             continue
         found.append((name, arr))
     return tuple(found)
+
+
+def load_photos() -> tuple[tuple[str, np.ndarray], ...]:
+    """The available scikit-image photos of :data:`PATCH_SOURCES`, in that order."""
+    return load_named_photos(tuple(PATCH_SOURCES.items()), "sk-patches")
 
 
 def available_patch_sources() -> list[str]:

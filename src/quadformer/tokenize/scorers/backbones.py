@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...utils.errors import QuadformerError
-from ...utils.state_dict import load_torch_file
+from ...utils.state_dict import read_state_dict as read_weights
 
 #: Output stride of each ShuffleNetV2 tap (docs/design/mixed_resolution.md §7): the last module kept for it.
 SHUFFLENET_TAPS: dict[int, str] = {8: "stage2", 16: "stage3", 32: "conv5"}
@@ -102,25 +102,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise QuadformerError(f"backbone weights file {str(path)!r} does not exist; {WEIGHTS_HELP}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            sd: Mapping = load_file(str(path))
-        except Exception as e:  # noqa: BLE001  (any unreadable file: one line naming it)
-            raise QuadformerError(f"cannot read backbone weights {str(path)!r} as safetensors ({e}); {WEIGHTS_HELP}") from None
-    else:
-        sd = load_torch_file(path, "backbone weights")
-        for key in ("state_dict", "model"):
-            if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-                sd = sd[key]
-                break
-    if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise QuadformerError(f"{str(path)!r} does not hold a state dict of tensors; {WEIGHTS_HELP}")
-    sd = dict(sd)
-    for prefix in ("module.", "backbone."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    sd = read_weights(path, "backbone weights")  # module./_orig_mod. stripped, never runs code
+    if sd and all(k.startswith("backbone.") for k in sd):
+        sd = {k[len("backbone."):]: v for k, v in sd.items()}
     return sd
 
 
