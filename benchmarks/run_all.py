@@ -53,6 +53,8 @@ SETTINGS = {224: (16, 32, 100), 256: (16, 64, 100), 384: (16, 64, 144)}
 # ------------------------------------------------------------------------------------------
 # measurement
 
+VANILLA = "vanilla ViT (uniform N)"
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -174,18 +176,23 @@ def forward_table(grid, batches, reps, device, dtype, width="small") -> list[dic
         pmin, pmax, target = SETTINGS[size]
         n = legal_n(size, pmin, pmax, target)
         models = {f"quadformer {s}": quadformer(size, pmin, pmax, n, width, s, device) for s in ("pixel-blur", "feature")}
-        models["vanilla ViT (uniform N)"] = uniform(size, pmin, n, width, device)
+        models[VANILLA] = uniform(size, pmin, n, width, device)
         for b in batches:
             x = torch.randn(b, 3, size, size, device=device, dtype=dtype)
             fns = {k: (lambda m=m: m(x)) for k, m in models.items()}
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=dtype == torch.bfloat16):
                 t = interleaved(fns, reps if b >= 16 else 4 * reps, device)
                 mem = {k: peak_memory_mb(fn, device) for k, fn in fns.items()}
-            base = t["vanilla ViT (uniform N)"]
-            for k in fns:
-                r = _row(k, t[k], b, mem[k], base if k != "vanilla ViT (uniform N)" else None)
-                rows.append({"table": f"forward ({width})", "size": size, "p_min": pmin, "p_max": pmax, "N": n, **r})
-            _print_rows(rows[-len(fns):])
+            rows += _rows_vs_vanilla(f"forward ({width})", t, mem, b, size=size, p_min=pmin, p_max=pmax, N=n)
+    return rows
+
+
+def _rows_vs_vanilla(table: str, times: dict, mem: dict, batch: int, **setting) -> list[dict]:
+    """One row per timed model, each with its ratio to the vanilla ViT at the same N; printed."""
+    base = times[VANILLA]
+    rows = [{"table": table, **setting, **_row(k, times[k], batch, mem[k], base if k != VANILLA else None)}
+            for k in times]
+    _print_rows(rows)
     return rows
 
 
@@ -195,7 +202,7 @@ def train_table(configs, reps, device, amp: bool) -> list[dict]:
     for width, size, pmin, pmax, n, b in configs:
         models = {f"quadformer {s}": quadformer(size, pmin, pmax, n, width, s, device, classes=10)
                   for s in ("pixel-blur", "feature")}
-        models["vanilla ViT (uniform N)"] = uniform(size, pmin, n, width, device, classes=10)
+        models[VANILLA] = uniform(size, pmin, n, width, device, classes=10)
         x = torch.randn(b, 3, size, size, device=device)
         y = torch.randint(0, 10, (b,), device=device)
         fns = {}
@@ -212,11 +219,7 @@ def train_table(configs, reps, device, amp: bool) -> list[dict]:
             fns[k] = step
         t = interleaved(fns, reps, device)
         mem = {k: peak_memory_mb(fn, device) for k, fn in fns.items()}
-        base = t["vanilla ViT (uniform N)"]
-        for k in fns:
-            r = _row(k, t[k], b, mem[k], base if k != "vanilla ViT (uniform N)" else None)
-            rows.append({"table": f"training step ({width})", "size": size, "p_min": pmin, "p_max": pmax, "N": n, **r})
-        _print_rows(rows[-len(fns):])
+        rows += _rows_vs_vanilla(f"training step ({width})", t, mem, b, size=size, p_min=pmin, p_max=pmax, N=n)
     return rows
 
 
