@@ -320,3 +320,25 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         atomic_write(target, broken)
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_ddp_locked_folder_stops_every_rank_at_once(tmp_path):
+    """The main process cannot lock a folder in use: every rank gives the one-line error and exits
+    (none waits for the main one in a collective until torchrun's timeout)."""
+    from quadformer.train.run_folder import LOCK_NAME
+    from quadformer.utils.io import file_lock
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with file_lock(out / LOCK_NAME, blocking=False) as held:
+        assert held
+        two = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", str(_free_port()), "-m", "quadformer.cli.main", "train", *TINY, "train.epochs=1",
+             f"output.dir={out}"],
+            env=_env(), capture_output=True, text=True, timeout=120)
+    assert two.returncode != 0
+    assert two.stderr.count("is in use by another training run") == 2, two.stderr[-3000:]
+    assert "quadformer/train" not in two.stderr  # no traceback of ours (torchrun prints its own summary)
+    assert two.stderr.count("exitcode  : 2") == 2
+    assert not (out / "last.pt").exists()

@@ -35,7 +35,7 @@ from .data import DataBundle, build_data, epoch_loader, training_items
 from .data import SeededItems, SkipSampler, build_dataset  # noqa: F401  (re-exported)
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .export import export_weights, write_summary
-from .loop import Interrupt, StepHooks, epoch_row, evaluate, train_one_epoch
+from .loop import Interrupt, StepHooks, agreed_flags, epoch_row, evaluate, train_one_epoch
 from .loop import amp_context  # noqa: F401  (re-exported)
 from .metrics_log import MetricsLog, require_wandb
 from .run_folder import make_folder, recipe_diff, run_lock, start_afresh, write_config
@@ -243,7 +243,8 @@ def train(cfg: Config, resume: str | Path | None = None, stop_after_steps: int |
         require_wandb()
     with ExitStack() as stack:
         stack.callback(cleanup, info)
-        stack.enter_context(run_lock(out, enabled=info.is_main))
+        agree = lambda failed: agreed_flags(info, failed)[0]  # every rank learns a lock failure
+        stack.enter_context(run_lock(out, enabled=info.is_main, agree=agree))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,28 @@ def write_config(out: Path, cfg_dict: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(out: Path, enabled: bool = True) -> Iterator[None]:
+def run_lock(out: Path, enabled: bool = True,
+             agree: Callable[[bool], bool] | None = None) -> Iterator[None]:
     """Hold ``out``'s lock for the ``with`` body; a folder in use raises one line naming the
-    holder's PID. The OS frees the lock when its holder dies (a killed run leaves none)."""
+    holder's PID. The OS frees the lock when its holder dies (a killed run leaves none).
+
+    Under DDP only the main process takes the lock (``enabled``), and ``agree(failed)`` (true
+    when any process failed) lets every process learn the outcome: the others raise too
+    instead of waiting for the main one in their first collective until torchrun times out."""
+    agree = agree or (lambda failed: failed)
     if not enabled:
+        if agree(False):
+            raise QuadformerError(f"output folder {out} is in use by another training run (the main process could "
+                                  f"not lock it); wait for it to finish or stop it, or pass another output.dir")
         yield
         return
-    make_folder(out)
+    try:
+        make_folder(out)
+    except QuadformerError:
+        agree(True)
+        raise
     with file_lock(out / LOCK_NAME, blocking=False) as held:
+        agree(not held)
         if not held:
             pid_file = out / PID_NAME
             pid = pid_file.read_text().strip() if pid_file.is_file() else "unknown"
