@@ -60,15 +60,16 @@ def _cell_tables_cpu(geometry: QuadGeometry) -> CellTables:
     return CellTables(torch.cat(metas), torch.cat(boxes), tuple(offsets))
 
 
-_TABLE_CACHE: dict[tuple[QuadGeometry, str], CellTables] = {}
+_TABLE_CACHE: dict[tuple, CellTables] = {}
 
 
 def cell_tables(geometry: QuadGeometry, device: torch.device | str = "cpu") -> CellTables:
-    """Index tables of ``geometry`` on ``device``, cached by (geometry, device) value."""
-    key = (geometry.with_budget(geometry.n0), str(torch.device(device)))
+    """Index tables of ``geometry`` on ``device``, cached by (image size, patch sizes, device)
+    value (the budget does not change them; a plain tuple key keeps the lookup cheap)."""
+    key = (geometry.height, geometry.width, geometry.p_min, geometry.p_max, device)
     tables = _TABLE_CACHE.get(key)
     if tables is None:
-        cpu = _cell_tables_cpu(key[0])
+        cpu = _cell_tables_cpu(geometry)
         tables = CellTables(cpu.meta.to(device), cpu.boxes.to(device), cpu.offsets)
         if not is_tracing():  # a tracer's tables are fake tensors: never keep them
             _TABLE_CACHE[key] = tables

@@ -30,15 +30,22 @@ RESAMPLE_MODES = ("reference", "area")
 CPU_CHUNK_ELEMENTS = 1 << 19
 
 
-def _central_mean(images: Tensor, factor: int) -> Tensor:
-    """Mean of the central 2x2 pixels of each ``factor x factor`` block: the value of bilinear
-    down-sampling at ``1/factor`` (``align_corners=False``, no antialias). Strided views and
-    two adds: several times faster on CPU than ``avg_pool2d``."""
-    b, c, h, w = images.shape
-    a = factor // 2 - 1
-    v = images.reshape(b, c, h // factor, factor, w // factor, factor)
-    rows = v[:, :, :, a] + v[:, :, :, a + 1]  # [b, c, h/f, w/f, f]
-    return (rows[..., a] + rows[..., a + 1]) * 0.25
+def downsample(x: Tensor, factor: int, out: Tensor | None = None) -> Tensor:
+    """Bilinear down-scale ``[..., H, W]`` by an even ``factor`` (``align_corners=False``, no
+    antialias): the mean of the two middle pixels of each block per axis, exactly what
+    ``F.interpolate`` computes (|diff| < 1e-6), several times faster on CPU. Columns first, then
+    rows (the pixel-blur scorer's values depend on that order). Eager mode reads only the two
+    middle rows of each block; ``out`` (optional) receives the result."""
+    a = factor // 2 - 1  # the two middle pixels of each block: a, a + 1
+    if is_tracing():
+        cols = torch.lerp(x[..., a::factor], x[..., a + 1::factor], 0.5)
+        return torch.lerp(cols[..., a::factor, :], cols[..., a + 1::factor, :], 0.5)
+    *lead, h, w = x.shape
+    rows = x.reshape(*lead, h // factor, factor, w)[..., a:a + 2, :]  # [..., h/f, 2, w]: rows a, a+1 of each block
+    cols = torch.lerp(rows[..., a::factor], rows[..., a + 1::factor], 0.5)  # [..., h/f, 2, w/f]
+    if out is None:
+        return torch.lerp(cols[..., 0, :], cols[..., 1, :], 0.5)
+    return torch.lerp(cols[..., 0, :], cols[..., 1, :], 0.5, out=out)
 
 
 def downscale(images: Tensor, factor: int, resample: Resample = "reference") -> Tensor:
@@ -46,12 +53,13 @@ def downscale(images: Tensor, factor: int, resample: Resample = "reference") -> 
 
     ``reference``: bilinear, ``align_corners=False``, no antialias, i.e. each output pixel is
     the mean of the 2x2 source pixels at the centre of its block (the reference tokenizer's
-    behaviour, so its weights transfer). ``area``: exact block mean.
+    behaviour, so its weights transfer; the pixel-blur scorer's pyramid, so the two share it).
+    ``area``: exact block mean.
     """
     if factor == 1:
         return images
     if resample == "reference":
-        return _central_mean(images, factor)
+        return downsample(images, factor)
     if resample == "area":
         return F.avg_pool2d(images, factor)
     raise ValueError(f"resample={resample!r} is not one of {RESAMPLE_MODES}")
@@ -73,15 +81,19 @@ def multiscale_patches(images: Tensor, geometry: QuadGeometry, resample: Resampl
     )
 
 
-def _fill_cells(out: Tensor, images: Tensor, geometry: QuadGeometry, resample: Resample) -> None:
-    """``out[:] = multiscale_patches(images)``, written scale by scale into ``out`` (no cat)."""
+def _fill_cells(out: Tensor, images: Tensor, geometry: QuadGeometry, resample: Resample,
+                pyramid: dict[int, Tensor] | None = None, start_image: int = 0) -> None:
+    """``out[:] = multiscale_patches(images)``, written scale by scale into ``out`` (no cat);
+    ``pyramid[s][start_image:...]`` (the scorer's down-scaled images) replaces ``downscale``."""
     b, c = images.shape[:2]
     p = geometry.p_min
     start = 0
     for s in canonical_scales(geometry):
         gh, gw = geometry.grid(s)
         dst = out[:, start:start + gh * gw].view(b, gh, gw, c, p, p).permute(0, 3, 1, 4, 2, 5)
-        dst.copy_(downscale(images, 1 << s, resample).view(b, c, gh, p, gw, p))
+        src = pyramid.get(s) if pyramid and s else None
+        src = downscale(images, 1 << s, resample) if src is None else src[start_image:start_image + b]
+        dst.copy_(src.view(b, c, gh, p, gw, p))
         start += gh * gw
 
 
@@ -102,10 +114,12 @@ def gather_pixels(
     geometry: QuadGeometry,
     resample: Resample = "reference",
     project: Callable[[Tensor], Tensor] | None = None,
+    pyramid: dict[int, Tensor] | None = None,
 ) -> Tensor:
     """Pixels ``[B, N, C*p_min^2]`` of the cells ``index`` ``[B, N]`` (canonical cell
     indices), or ``project(pixels)`` when ``project`` is given (e.g. the patch embedding,
-    which then runs chunk by chunk on CPU and keeps its autograd graph).
+    which then runs chunk by chunk on CPU and keeps its autograd graph). ``pyramid``: the
+    down-scaled images by scale, when a scorer already computed them (eager CPU chunks).
 
     A row-gather (``index_select``) from the multi-scale cell table: one fixed-shape
     computation for every device and for export."""
@@ -126,7 +140,7 @@ def gather_pixels(
     for i in range(0, b, chunk):
         x = images[i:i + chunk]
         k = x.shape[0]
-        _fill_cells(cells[:k], x, geometry, resample)
+        _fill_cells(cells[:k], x, geometry, resample, pyramid, i)
         rows = (index[i:i + k] + offsets[:k]).view(-1)
         if out is not None:
             torch.index_select(cells.view(-1, d), 0, rows, out=out[i:i + k].view(k * n, d))
@@ -141,3 +155,47 @@ def gather_tokens(
     """Pixels, boxes and meta of the cells ``index`` ``[B, N]``."""
     tables = cell_tables(geometry, images.device)
     return gather_pixels(images, index, geometry, resample), tables.boxes[index], tables.meta[index]
+
+
+def gather_embed(
+    images: Tensor,
+    index: Tensor,
+    geometry: QuadGeometry,
+    weight: Tensor,
+    cell_bias: Tensor,
+    prefix: Tensor | None = None,
+    resample: Resample = "reference",
+    pyramid: dict[int, Tensor] | None = None,
+) -> Tensor:
+    """``[B, P+N, D]``: ``prefix`` ``[P, D]`` rows, then per token ``cell_bias[cell] + pixels @ weight.T``
+    (``weight`` ``[D, C*p_min^2]``; ``cell_bias`` ``[M, D]``, e.g. position + projection bias).
+
+    The eager-CPU inference path of the embedding (no autograd: callers check): chunk by chunk
+    the selected rows are gathered from a cache-resident cell table and projected by one
+    ``addmm`` per image straight into the output, whose bias rows were gathered first. So the
+    pixels, the projection, the position sum and the prefix concatenation never exist as
+    full-batch tensors (fresh large allocations cost page faults on CPU). Equal to
+    ``gather_pixels`` + linear + bias up to float rounding of the sum order."""
+    b, n = index.shape
+    m = geometry.num_cells
+    d = images.shape[1] * geometry.p_min**2
+    p = 0 if prefix is None else prefix.shape[0]
+    out = images.new_empty(b, p + n, weight.shape[0])
+    if p:
+        out[:, :p] = prefix
+    wt = weight.reshape(weight.shape[0], d).t()
+    chunk = max(1, min(b, CPU_CHUNK_ELEMENTS // max(1, images[0].numel()))) if b else 1
+    cells = images.new_empty(chunk, m, d)
+    offsets = torch.arange(chunk, device=index.device).view(chunk, 1) * m
+    pixels = images.new_empty(chunk * n, d)
+    for i in range(0, b, chunk):
+        x = images[i:i + chunk]
+        k = x.shape[0]
+        _fill_cells(cells[:k], x, geometry, resample, pyramid, i)
+        rows = (index[i:i + k] + offsets[:k]).view(-1)
+        torch.index_select(cells.view(-1, d), 0, rows, out=pixels[:k * n])
+        for j in range(k):
+            o = out[i + j, p:]
+            torch.index_select(cell_bias, 0, index[i + j], out=o)
+            o.addmm_(pixels[j * n:(j + 1) * n], wt)
+    return out

@@ -18,8 +18,9 @@ from .geometry import QuadGeometry
 from .patch_embed import TokenPatchEmbed
 from .pos_embed import SinCosPosEmbed, create_pos_embed
 from .quadtree import cell_tables, select_tokens
-from .resample import RESAMPLE_MODES, Resample, check_images, gather_pixels, gather_tokens
+from .resample import RESAMPLE_MODES, Resample, check_images, gather_embed, gather_pixels, gather_tokens
 from .scorers.base import PatchScorer
+from .validation import is_tracing
 
 
 def build_scorer(scorer: str | PatchScorer | None, **kwargs: Any) -> PatchScorer | None:
@@ -72,18 +73,20 @@ class PositionTable:
         self.pos_embed = pos_embed
         self._cache: dict[tuple, Tensor] = {}
 
-    def __call__(self, index: Tensor, geometry: QuadGeometry) -> Tensor:
-        meta = cell_tables(geometry, index.device).meta
+    def table(self, geometry: QuadGeometry, device: torch.device) -> Tensor:
+        """``[M, D]``: the embedding of every cell in canonical order."""
         if isinstance(self.pos_embed, SinCosPosEmbed):
-            key = (geometry.with_budget(geometry.n0), str(index.device))
+            key = (geometry.height, geometry.width, geometry.p_min, geometry.p_max, device)
             table = self._cache.get(key)
             if table is None:
-                table = self.pos_embed(meta)
-                if not torch.compiler.is_compiling():  # never keep a tracer's fake tensor
+                table = self.pos_embed(cell_tables(geometry, device).meta)
+                if not is_tracing():  # never keep a tracer's fake tensor
                     self._cache[key] = table
-        else:
-            table = self.pos_embed(meta.unsqueeze(0))[0]
-        return table[index]
+            return table
+        return self.pos_embed(cell_tables(geometry, device).meta.unsqueeze(0))[0]
+
+    def __call__(self, index: Tensor, geometry: QuadGeometry) -> Tensor:
+        return self.table(geometry, index.device)[index]
 
 
 class MosaicEmbedding:
@@ -128,6 +131,18 @@ class MosaicEmbedding:
     def num_patches(self) -> int:
         return self.geometry.num_patches
 
+    def _direct_embedding(self, images: Tensor) -> bool:
+        """Whether :func:`~quadformer.tokenize.resample.gather_embed` may run: eager CPU float32
+        inference (no autograd graph, no autocast) with a plain projection; anything else takes
+        the differentiable, traceable path."""
+        if images.device.type != "cpu" or images.dtype != torch.float32 or is_tracing():
+            return False
+        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+            return False
+        pe = self.patch_embed
+        return (type(pe) is TokenPatchEmbed and isinstance(pe.norm, nn.Identity)
+                and pe.proj.weight.dtype == torch.float32 and not getattr(self.scorer, "trainable", False))
+
     def set_num_patches(self, num_patches: int) -> None:
         """Change the budget N (re-validated against the geometry); weights are unaffected."""
         self.geometry = self.geometry.with_budget(num_patches)
@@ -136,6 +151,20 @@ class MosaicEmbedding:
         """Images -> (embedded tokens incl. prefix ``[B, P+N, D]``, cell index ``[B, N]``):
         score and select (no grad), resample, patch-embed, add positions, prepend cls."""
         g = self.geometry
+        if self._direct_embedding(images):  # eager CPU inference: one fused pass (issue 13)
+            pyramid: dict[int, Tensor] | None = None
+            if self.resample == "reference" and getattr(self.scorer, "shares_pyramid", False):
+                pyramid = {}  # the scorer's down-scaled images, reused by the gather
+                scorer_inputs = {**scorer_inputs, "pyramid": pyramid}
+            index = select(images, g, self.scorer, **scorer_inputs)
+            proj = self.patch_embed.proj
+            cell_bias = self.pos_table.table(g, images.device)
+            if proj.bias is not None:
+                cell_bias = cell_bias + proj.bias
+            prefix = None
+            if self.cls_token is not None:
+                prefix = (self.cls_token if self.cls_pos is None else self.cls_token + self.cls_pos)[0]
+            return gather_embed(images, index, g, proj.weight, cell_bias, prefix, self.resample, pyramid), index
         index = select(images, g, self.scorer, **scorer_inputs)
         t = gather_pixels(images, index, g, self.resample, project=self.patch_embed)  # chunked on CPU
         if getattr(self.scorer, "trainable", False):  # end-to-end scorer: straight-through gate

@@ -10,6 +10,8 @@ rounding, |diff| < 1e-6): down-sampling averages the two middle source pixels of
 ``f``-block per axis (source coordinate ``o*f + f/2 - 0.5``); up-sampling gives output
 ``i*f + k`` the two-tap mix of small pixels ``i-1, i`` or ``i, i+1`` at offset
 ``(k + 0.5)/f - 0.5``, with edge pixels replicated (the clamping of ``align_corners=False``).
+Eager mode computes every row phase ``k`` of the up-sampling in one ``lerp`` (a strided view
+of the padded rows and a per-phase weight tensor): the same values, one pass (issue 13).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..resample import downsample
 from ..validation import is_tracing
+
+__all__ = ["blur", "blur_reference", "downsample"]
 
 
 def _up_taps(f: int) -> list[tuple[int, float]]:
@@ -32,47 +37,60 @@ def _up_taps(f: int) -> list[tuple[int, float]]:
     return taps
 
 
-def _up_cols(s: Tensor, f: int) -> Tensor:
+_ROW_WEIGHTS: dict[tuple[int, torch.dtype, str], Tensor] = {}
+
+
+def _row_weights(f: int, like: Tensor) -> Tensor:
+    """``[2, f/2, 1]`` weights of the row phases (first half reads rows ``i-1, i``, second half
+    ``i, i+1``), cached per (factor, dtype, device)."""
+    key = (f, like.dtype, str(like.device))
+    w = _ROW_WEIGHTS.get(key)
+    if w is None:
+        w = torch.tensor([wt for _, wt in _up_taps(f)], dtype=like.dtype, device=like.device).view(2, f // 2, 1)
+        _ROW_WEIGHTS[key] = w
+    return w
+
+
+def _up_cols(s: Tensor, f: int, out: Tensor | None = None) -> Tensor:
     n = s.shape[-1]
     sp = torch.cat([s[..., :1], s, s[..., -1:]], dim=-1)
     if is_tracing():  # the same lerps, stacked: no out= into views (torch.compile fullgraph)
         return torch.stack([torch.lerp(sp[..., o:o + n], sp[..., o + 1:o + 1 + n], w) for o, w in _up_taps(f)],
                            -1).flatten(-2)
-    out = s.new_empty(*s.shape, f)
-    for k, (o, w) in enumerate(_up_taps(f)):
+    out = s.new_empty(*s.shape, f) if out is None else out.view(*s.shape, f)
+    for k, (o, w) in enumerate(_up_taps(f)):  # strided writes beat every one-op form here
         torch.lerp(sp[..., o:o + n], sp[..., o + 1:o + 1 + n], w, out=out[..., k])
     return out.flatten(-2)
 
 
-def _up_rows(s: Tensor, f: int) -> Tensor:
+def _up_rows(s: Tensor, f: int, out: Tensor | None = None) -> Tensor:
     n = s.shape[-2]
     sp = torch.cat([s[..., :1, :], s, s[..., -1:, :]], dim=-2)
     if is_tracing():
         return torch.stack([torch.lerp(sp[..., o:o + n, :], sp[..., o + 1:o + 1 + n, :], w)
                             for o, w in _up_taps(f)], -2).flatten(-3, -2)
-    out = s.new_empty(*s.shape[:-1], f, s.shape[-1])
-    for k, (o, w) in enumerate(_up_taps(f)):
-        torch.lerp(sp[..., o:o + n, :], sp[..., o + 1:o + 1 + n, :], w, out=out[..., k, :])
-    return out.flatten(-3, -2)
+    # phase k = half*f/2 + j of row i reads padded rows i+half and i+half+1
+    *lead, _, w = sp.shape
+    st = sp.stride()
+    shape = (*lead, n, 2, f // 2, w)
+    strides = (*st[:-2], st[-2], st[-2], 0, st[-1])
+    lo = sp.as_strided(shape, strides, sp.storage_offset())
+    hi = sp.as_strided(shape, strides, sp.storage_offset() + st[-2])
+    out = s.new_empty(shape) if out is None else out.view(shape)
+    torch.lerp(lo, hi, _row_weights(f, s), out=out)
+    return out.view(*lead, n * f, w)
 
 
-def downsample(x: Tensor, f: int) -> Tensor:
-    """Bilinear down-scale by an even factor ``f`` (``align_corners=False``): the mean of the two middle
-    pixels of each f-block per axis, exactly what ``F.interpolate`` computes, without its overhead."""
-    a, b = f // 2 - 1, f // 2  # the two middle pixels of each f-block (f even)
-    cols = torch.lerp(x[..., a::f], x[..., b::f], 0.5)
-    return torch.lerp(cols[..., a::f, :], cols[..., b::f, :], 0.5)
-
-
-def blur(images: Tensor, scale: int) -> Tensor:
+def blur(images: Tensor, scale: int, out: Tensor | None = None) -> Tensor:
     """Down- then up-sample ``images [B, C, H, W]`` by ``2**scale`` (bilinear,
-    ``align_corners=False``, no antialias). Floating input; output has its dtype."""
+    ``align_corners=False``, no antialias). Floating input; output has its dtype (written into
+    ``out`` when given, CPU eager)."""
     h, w = images.shape[-2:]
     f = 1 << scale
     if scale < 1 or h % f or w % f:
         raise ValueError(f"image size {h}x{w} is not divisible by 2**{scale}={f} (scale must be >= 1)")
     if images.device.type == "cpu" or is_tracing():  # one graph on every device when exported
-        return _up_rows(_up_cols(downsample(images, f), f), f)
+        return _up_rows(_up_cols(downsample(images, f), f), f, out)
     small = F.interpolate(images, size=(h // f, w // f), mode="bilinear", align_corners=False, antialias=False)
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
 

@@ -6,10 +6,11 @@ import torch
 from torch import Tensor
 
 from ..geometry import QuadGeometry
+from ..resample import downsample
 from ..validation import is_tracing
 from ._checks import check_images
 from .base import PatchScorer
-from .blur import blur
+from .blur import _up_cols, _up_rows, blur
 
 
 class PixelBlurScorer(PatchScorer):
@@ -18,34 +19,60 @@ class PixelBlurScorer(PatchScorer):
 
     The factor ``p_s`` deliberately favours big patches. All math is float32 whatever the
     input dtype, so fp16/bf16 images give the same ranking as float32 ones. No parameters.
+
+    Its down-sampled images are the ``resample="reference"`` pyramid of the token pixels:
+    given ``pyramid={}`` (a per-call dict, filled for float32 CPU images in eager mode) it
+    leaves them there (scale -> ``[B, C, H/2^s, W/2^s]``), so the gather does not recompute them.
     """
+
+    shares_pyramid = True
 
     def __init__(self, chunk_elements: int = 1 << 20) -> None:
         super().__init__()
         self.chunk_elements = chunk_elements  # images per chunk ~ chunk_elements / (C*H*W)
 
-    def score(self, images: Tensor, geometry: QuadGeometry, **inputs) -> list[Tensor]:
+    def score(self, images: Tensor, geometry: QuadGeometry, pyramid: dict[int, Tensor] | None = None,
+              **inputs) -> list[Tensor]:
         check_images(images, geometry)
-        # On CPU, small chunks keep the full-resolution temporaries in cache and reuse
-        # allocations (~3x faster than one pass over a large batch); GPUs want one pass.
         b = images.shape[0]
-        chunk = max(1, self.chunk_elements // max(1, images[0].numel())) if b else 1
-        if is_tracing() or images.device.type != "cpu" or b <= chunk:
-            return self._score_chunk(images.float(), geometry)
-        parts = [self._score_chunk(c.float(), geometry) for c in images.split(chunk)]
-        return [torch.cat(maps) for maps in zip(*parts)]
+        if is_tracing() or images.device.type != "cpu" or b == 0:
+            return self._score_once(images.float(), geometry)
+        # On CPU, chunks of a few images keep the full-resolution temporaries in cache and
+        # reuse them (one workspace per call, no allocation per chunk); GPUs want one pass.
+        chunk = min(b, max(1, self.chunk_elements // max(1, images[0].numel())))
+        keep = pyramid is not None and images.dtype == torch.float32
+        if keep:
+            for s in range(1, geometry.num_scales):
+                f = 1 << s
+                pyramid[s] = images.new_empty(b, images.shape[1], geometry.height // f, geometry.width // f)
+        c, h, w = images.shape[1:]
+        work_u = images.new_empty(chunk * c * h * w, dtype=torch.float32)
+        work_c = images.new_empty(chunk * c * h * w // 2, dtype=torch.float32)
+        parts = []
+        for i in range(0, b, chunk):
+            x = images[i:i + chunk].float()
+            k = x.shape[0]
+            maps = []
+            for s in range(1, geometry.num_scales):
+                f, p = 1 << s, geometry.patch_size(s)
+                small = downsample(x, f, out=pyramid[s][i:i + k] if keep else None)
+                cols = _up_cols(small, f, out=work_c[:k * c * (h // f) * w])
+                err = _up_rows(cols, f, out=work_u[:k * c * h * w]).sub_(x).square_()  # (blur_s - x)^2
+                maps.append(self._patch_score(err, p))
+            parts.append(maps)
+        return [torch.cat(m) for m in zip(*parts)] if len(parts) > 1 else parts[0]
 
     @staticmethod
-    def _score_chunk(x: Tensor, geometry: QuadGeometry) -> list[Tensor]:
-        maps = []
-        for s in range(1, geometry.num_scales):
-            p = geometry.patch_size(s)
-            err = (blur(x, s) - x).square() if is_tracing() else blur(x, s).sub_(x).square_()  # (blur_s - x)^2
-            b, c, h, w = err.shape
-            # mean over channels and the p x p pixels (a view: cheaper than avg_pool2d)
-            mse = err.view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
-            maps.append((mse * p).sqrt())
-        return maps
+    def _patch_score(err: Tensor, p: int) -> Tensor:
+        b, c, h, w = err.shape
+        # mean over channels and the p x p pixels (a view: cheaper than avg_pool2d)
+        mse = err.view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
+        return (mse * p).sqrt()
+
+    def _score_once(self, x: Tensor, geometry: QuadGeometry) -> list[Tensor]:
+        """One pass over the batch: traced graphs and GPUs."""
+        return [self._patch_score((blur(x, s) - x).square(), geometry.patch_size(s))
+                for s in range(1, geometry.num_scales)]
 
     def gmacs(self, geometry: QuadGeometry, channels: int = 3) -> float:
         """A small honest estimate, not a network's MACs: per scale ``s`` about
