@@ -1,20 +1,25 @@
-"""A recipe that learns a small, fixed natural-photo data set, against a timm CNN trained with
-the same budget.
+"""The recipe that learns a small, fixed natural-photo data set (docs/recipe.md), its baselines,
+and a timm CNN trained with the same budget.
 
-On ``builtin:natural-3k`` (3000 training images, 10 classes, chance 10%), each with the same
-training images, epochs and optimiser:
+On ``builtin:natural-3k`` (3000 training images, 10 classes, chance 10%). Every run is the
+recipe of ``configs/recipe_natural.yaml`` (same images, epochs, optimiser and schedule); only
+the model and its start differ. "glyphs-pretrained" runs start from
+``configs/recipe_pretrain_glyphs.yaml`` (2 epochs on 4000 fresh images of the built-in glyphs
+task) with a new head:
 
-* ``quadformer-finetune`` (the recipe): a micro Quadformer pretrained on the built-in
-  upstream task ``glyphs`` (fresh procedural images: free data of the same object family on
-  smooth scenes), then fine-tuned on the natural photos (new head, ``model.init_checkpoint``);
-* ``quadformer-scratch``: the same model from scratch on the natural photos only;
-* ``resnet10t``: timm's resnet10t from scratch at full resolution (no token budget).
+* ``quadformer-N64`` (the recipe) and ``quadformer-N100``: micro Quadformer with the distilled
+  saliency scorer (``--scorer-weights``; label-free at inference, GMACs counted);
+* ``vanilla-N64``, ``vanilla-N256``: the uniform-grid micro ViT, its own glyph pretraining;
+* ``resnet10t-glyphs``: timm's resnet10t at full resolution (no token budget), glyph-pretrained
+  (``--pretrained resnet10t=CKPT`` reuses a glyph-trained resnet10t run);
+* ``resnet10t``, ``quadformer-scratch``: from scratch on the natural photos only.
 
-Prints the validation curve of each (top-1 per epoch), test top-1 and GMACs per image, and
-writes ``--json OUT`` (one record per run, the curve included) and ``--plot PNG``. Usage:
+Prints the validation curve of each (top-1 per epoch), test top-1, GMACs per image and training
+seconds, writes ``--json OUT`` (one record per run, the curve included) and ``--plot PNG``.
+Finished runs are reused (same recipe), unfinished ones resume. Usage:
 
-    python benchmarks/natural_recipe.py [--epochs 8] [--scorer laplacian] [--num-patches 64]
-        [--pretrain-epochs 2] [--pretrain-size 4000] [--out runs/recipe] [--json OUT] [--plot PNG]
+    python benchmarks/natural_recipe.py --scorer-weights SCORER [--runs quadformer-N64 resnet10t-glyphs]
+        [--epochs 12] [--out runs/natural_recipe] [--threads 1] [--json OUT] [--plot PNG]
 """
 
 from __future__ import annotations
@@ -28,39 +33,58 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
-from quadformer.train import load_config, train  # noqa: E402
-from quadformer.train.checkpoint import load_checkpoint, model_weights  # noqa: E402
-from quadformer.train.distributed import DistInfo  # noqa: E402
-from quadformer.train.engine import build_dataset, build_model, evaluate, model_gmacs  # noqa: E402
-from quadformer.utils.io import atomic_write  # noqa: E402
+from quadformer.train import load_config, train
+from quadformer.train.checkpoint import load_checkpoint, model_weights
+from quadformer.train.distributed import DistInfo
+from quadformer.train.engine import build_dataset, build_model, evaluate, model_gmacs
+from quadformer.train.run_folder import recipe_diff
+from quadformer.utils.io import atomic_write
 
 TASK = "natural-3k"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+RECIPE = CONFIGS / "recipe_natural.yaml"
+PRETRAIN = CONFIGS / "recipe_pretrain_glyphs.yaml"
+#: (model name, N, kwargs, pretrained on glyphs) per run; the Quadformer's scorer is filled in
+RUNS = {
+    "quadformer-N64": ("quadformer_micro_patch8_128", 64, "quad", True),
+    "quadformer-N100": ("quadformer_micro_patch8_128", 100, "quad", True),
+    "vanilla-N64": ("uniform_vit_micro_patch8_128", 64, "{global_pool: max}", True),
+    "vanilla-N256": ("uniform_vit_micro_patch8_128", 256, "{global_pool: max}", True),
+    "resnet10t-glyphs": ("resnet10t", None, "{}", True),
+    "resnet10t": ("resnet10t", None, "{}", False),
+    "quadformer-scratch": ("quadformer_micro_patch8_128", 64, "quad", False),
+}
+#: one glyph pretraining per architecture (the Quadformer's serves every N: pixel-blur at N=64)
+PRE = {"quadformer_micro_patch8_128": ("quadformer", 64, "{global_pool: max, scorer: pixel-blur}"),
+       "uniform_vit_micro_patch8_128": None, "resnet10t": ("resnet10t", None, "{}")}
 
 
-def common(task: str, size: int, epochs: int, out: Path, cache: str, seed: int) -> list[str]:
-    return [f"data.train=builtin:{task}", f"data.train_size={size}", "data.val_size=500", "data.image_size=128",
-            "data.batch_size=64", f"data.cache_dir={cache}", f"train.epochs={epochs}", f"seed={seed}",
-            f"output.dir={out}", "optim.lr=2e-3", "optim.warmup_epochs=0.5", "optim.weight_decay=0.05",
-            "train.progress=false"]
+def model_overrides(name: str, n: int | None, kwargs: str) -> list[str]:
+    return [f"model.name={name}", f"model.num_patches={'null' if n is None else n}", f"model.kwargs={kwargs}"]
 
 
-def quad(n: int, scorer: str, weights: str | None) -> list[str]:
-    kw = f"global_pool: max, scorer: {scorer}" + (f", scorer_kwargs: {{weights: '{weights}'}}" if weights else "")
-    return ["model.name=quadformer_micro_patch8_128", f"model.num_patches={n}", "model.kwargs={" + kw + "}"]
+def finished(out: Path, cfg) -> bool:
+    """``out`` holds a finished run of this recipe (paths and progress settings aside)."""
+    if not ((out / "summary.json").exists() and (out / "last.pt").exists()):
+        return False
+    ck = load_checkpoint(out / "last.pt")
+    return ck.get("epoch") == cfg.train.epochs and not recipe_diff(ck["config"], cfg.to_dict(), out)
 
 
-def run_one(name: str, overrides: list[str], test, log=print) -> dict:
-    cfg = load_config(None, overrides)
+def ensure_trained(name: str, config: Path, overrides: list[str], log=print):
+    cfg = load_config(config, overrides)
     out = Path(cfg.output.dir)
-    done = (out / "summary.json").exists() and (out / "last.pt").exists() and \
-        load_checkpoint(out / "last.pt")["config"] == cfg.to_dict()
-    if not done:
-        log(f"[{name}] training {cfg.model.name} for {cfg.train.epochs} epochs")
+    if not finished(out, cfg):
+        log(f"[{name}] training {cfg.model.name} for {cfg.train.epochs} epochs in {out}")
         res = train(cfg, resume="auto")
         if res.get("interrupted"):
             raise SystemExit(f"[{name}] interrupted; rerun to resume")
+    return cfg, out
+
+
+def record(name: str, cfg, out: Path, test, pretrained: str | None, log=print) -> dict:
     ck = load_checkpoint(out / "last.pt")
     model = build_model(cfg, ck["num_classes"])
     model.load_state_dict(model_weights(ck))
@@ -68,57 +92,86 @@ def run_one(name: str, overrides: list[str], test, log=print) -> dict:
     with open(out / "metrics.csv") as f:
         curve = [float(r["val_top1"]) for r in csv.DictReader(f) if r.get("val_top1")]
     summary = json.loads((out / "summary.json").read_text())
-    rec = {"run": name, "model": cfg.model.name, "test_top1": round(top1, 2), "val_curve": curve,
-           "gmacs": round(model_gmacs(model, 128)[0], 4), "epochs": cfg.train.epochs,
+    rec = {"run": name, "model": cfg.model.name, "num_patches": cfg.model.num_patches,
+           "start": pretrained or "scratch", "test_top1": round(top1, 2), "val_curve": curve,
+           "gmacs": round(model_gmacs(model, cfg.data.image_size)[0], 4), "epochs": cfg.train.epochs,
            "train_images": cfg.data.train_size, "train_seconds": summary.get("train_seconds")}
     log(f"[{name}] test top-1 {top1:.2f}%  curve {curve}")
     return rec
 
 
+def scorer_provenance(weights: str) -> str:
+    """The scorer file's README.txt beside it, else its metadata (teacher, saliency, data)."""
+    readme = Path(weights).parent / "README.txt"
+    if readme.is_file():
+        return readme.read_text().strip()
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as f:
+        meta = f.metadata() or {}
+    return ", ".join(f"{k}={meta[k]}" for k in ("data", "teacher", "saliency", "train_images") if k in meta)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--train-size", type=int, default=3000)
-    p.add_argument("--scorer", default="laplacian", help="the Quadformer's scorer (default laplacian)")
-    p.add_argument("--scorer-weights", default=None)
-    p.add_argument("--num-patches", type=int, default=64)
-    p.add_argument("--pretrain-epochs", type=int, default=2)
-    p.add_argument("--pretrain-size", type=int, default=4000)
-    p.add_argument("--runs", nargs="+", default=["quadformer-finetune", "quadformer-scratch", "resnet10t"])
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--scorer-weights", default=None,
+                   help="distilled scorer file (quadformer train-scorer --kind distilled --data builtin:natural-3k)")
+    p.add_argument("--pretrained", nargs="*", default=[], metavar="ARCH=CKPT",
+                   help="use this glyph-pretrained checkpoint instead of pretraining ARCH "
+                        "(quadformer, vanilla64, vanilla256, resnet10t)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default the recipe's)")
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--out", type=Path, default=Path("runs/natural_recipe"))
+    p.add_argument("--cache-dir", default=None, help="rendered built-in images (default OUT/cache)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cache = str(args.out / "cache")
+    given = dict(s.split("=", 1) for s in args.pretrained)
+    if any(RUNS[r][2] == "quad" for r in args.runs) and not args.scorer_weights:
+        p.error("--scorer-weights is needed for the Quadformer runs (quadformer train-scorer --kind distilled "
+                "--data builtin:natural-3k --out runs/sal; then --scorer-weights runs/sal/scorer.safetensors)")
+    quad_kwargs = f"{{global_pool: max, scorer: distilled, scorer_kwargs: {{weights: {args.scorer_weights}}}}}"
+    cache = args.cache_dir or str(args.out / "cache")
+    common = [f"data.cache_dir={cache}", "train.progress=false"]
+    fine = common + ["data.train_size=3000", "data.val_size=500"]
+    fine += [f"train.epochs={args.epochs}"] if args.epochs else []
     test = build_dataset(f"builtin:{TASK}", "test", args.test_size, False, 128, 0, cache)
-    q = quad(args.num_patches, args.scorer, args.scorer_weights)
-    nat = lambda sub: common(TASK, args.train_size, args.epochs, args.out / sub, cache, args.seed)  # noqa: E731
+
     records = []
     for name in args.runs:
-        if name == "quadformer-finetune":
-            pre = args.out / "pretrain_glyphs"
-            run_one("pretrain-glyphs", q + common("glyphs", args.pretrain_size, args.pretrain_epochs, pre, cache,
-                                                  args.seed), build_dataset("builtin:glyphs", "test", 200, False, 128,
-                                                                            0, cache))
-            records.append(run_one(name, q + nat(name) + [f"model.init_checkpoint={pre / 'last.pt'}"], test))
-        elif name == "quadformer-scratch":
-            records.append(run_one(name, q + nat(name), test))
-        elif name == "resnet10t":
-            records.append(run_one(name, ["model.name=resnet10t", "model.num_patches=null"] + nat(name), test))
+        model, n, kwargs, pre = RUNS[name]
+        kwargs = quad_kwargs if kwargs == "quad" else kwargs
+        over = model_overrides(model, n, kwargs) + fine + [f"output.dir={args.out / name.replace('-', '_')}"]
+        start = None
+        if pre:
+            arch, pn, pkw = PRE[model] or (f"vanilla{n}", n, kwargs)
+            if arch in given:
+                ck = given[arch]
+            else:
+                _, pout = ensure_trained(f"pretrain-{arch}", PRETRAIN, model_overrides(model, pn, pkw) + common
+                                         + [f"output.dir={args.out / f'pretrain_{arch}'}"])
+                ck = str(pout / "last.pt")
+            over.append(f"model.init_checkpoint={ck}")
+            start = "glyphs-pretrained"
         else:
-            p.error(f"unknown run {name!r}")
-    print("| run | model | GMACs/img | test top-1 (%) | val top-1 per epoch |")
-    print("|---|---|---|---|---|")
+            over.append("model.init_checkpoint=null")
+        cfg, out = ensure_trained(name, RECIPE, over)
+        records.append(record(name, cfg, out, test, start))
+
+    if args.scorer_weights:
+        print(f"scorer: {args.scorer_weights} ({scorer_provenance(args.scorer_weights)})")
+    print("| run | start | GMACs/img | train s | test top-1 (%) | val top-1 per epoch |")
+    print("|---|---|---|---|---|---|")
     for r in records:
-        print(f"| {r['run']} | {r['model']} | {r['gmacs']} | {r['test_top1']} | "
+        secs = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "-"
+        print(f"| {r['run']} | {r['start']} | {r['gmacs']} | {secs} | {r['test_top1']} | "
               f"{', '.join(f'{v:.1f}' for v in r['val_curve'])} |")
     if args.json:
-        blob = json.dumps(records, indent=1).encode()
+        blob = json.dumps({"task": TASK, "scorer": args.scorer_weights, "runs": records}, indent=1).encode()
         atomic_write(args.json, lambda f: f.write(blob))
     if args.plot:
         import matplotlib
@@ -128,15 +181,16 @@ def main(argv=None) -> int:
 
         from quadformer.utils.figures import save_figure
 
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+        fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
         for r in records:
-            ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], marker="o",
-                    label=f"{r['run']} ({r['gmacs']} GMACs)")
-        ax.set_xlabel("epoch (3000 images each)")
+            ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], marker="o", ms=3,
+                    label=f"{r['run']}, {r['start']} ({r['gmacs']} GMACs)")
+        ax.axhline(10, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(f"epoch ({records[0]['train_images'] if records else 3000} images each)")
         ax.set_ylabel("val top-1 (%)")
         ax.set_title(f"'{TASK}': same images, epochs and optimiser")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         fig.tight_layout()
         save_figure(fig, args.plot)
     return 0
