@@ -80,3 +80,19 @@ def test_recipe_fine_tunes_on_an_image_folder_with_augmentation(steps):
     from quadformer.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp / "folder_run" / "last.pt")["num_classes"] == 2  # a new head for the new classes
+
+
+def test_shift_translates_built_in_training_images_reproducibly():
+    from quadformer.train.data import SeededItems, build_dataset
+
+    plain = build_dataset("builtin:glyphs", "train", 4, False, 64, 0, None)
+    shifted = SeededItems(build_dataset("builtin:glyphs", "train", 4, False, 64, 0, None, shift=6), seed=0)
+    x0, (x1, y1) = plain[2][0], shifted[2]
+    assert y1 == plain[2][1] and torch.equal(shifted[2][0], x1)  # same (seed, epoch, index): same view
+    found = [(dy, dx) for dy in range(-6, 7) for dx in range(-6, 7)
+             if torch.equal(torch.roll(x0, (dy, dx), (1, 2))[:, 6:-6, 6:-6], x1[:, 6:-6, 6:-6])]
+    assert len(found) == 1 and found[0] != (0, 0)  # a pure translation (no resize, no flip)
+    shifted.epoch = 1
+    assert not torch.equal(shifted[2][0], x1)  # another epoch, another shift
+    with pytest.raises(QuadformerError, match=r"data.shift=-1 must be >= 0"):
+        load_config(RECIPE, ["data.shift=-1"])

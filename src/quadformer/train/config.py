@@ -34,6 +34,7 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str | None = None  # built-in: render once, keep as .npy
     augment: bool = False  # real data: timm train transform; built-in data needs none
+    shift: int = 0  # built-in training data: random translation by up to this many px (0: off)
 
 
 @dataclass
@@ -211,5 +212,7 @@ def validate(cfg: Config) -> None:
     for key in ("checkpoint_every_steps", "snapshots"):
         if getattr(cfg.train, key) < 0:
             raise QuadformerError(f"train.{key}={getattr(cfg.train, key)} must be >= 0 (0: off)")
+    if cfg.data.shift < 0:
+        raise QuadformerError(f"data.shift={cfg.data.shift} must be >= 0 (pixels; 0: off)")
     if not 0 <= cfg.train.ema_decay < 1:
         raise QuadformerError(f"train.ema_decay={cfg.train.ema_decay} must be in [0, 1)")

@@ -65,9 +65,11 @@ class DataBundle:
 
 
 def build_dataset(source: str, split: str, size: int | None, augment: bool, image_size: int, seed: int,
-                  cache_dir: str | None) -> Dataset:
+                  cache_dir: str | None, shift: int = 0) -> Dataset:
     """One split of a data source. Real data gets timm's training augmentation only when
-    ``augment`` (else the evaluation transform); built-in data needs none."""
+    ``augment`` (else the evaluation transform); built-in data none, or with ``shift`` a random
+    translation by up to that many pixels, the uncovered border at the mean colour (label-safe on
+    the natural-photo tasks, where flips swap classes and resizing removes the texture)."""
     from ..data import build_dataset as factory
     from ..data import create_transforms
 
@@ -75,6 +77,10 @@ def build_dataset(source: str, split: str, size: int | None, augment: bool, imag
     transform: Any = "auto"
     if real and not (augment and split == "train"):
         transform = create_transforms(image_size, is_training=False)
+    if not real and shift:
+        from torchvision.transforms import RandomCrop
+
+        transform = RandomCrop(image_size, padding=shift, fill=0)  # 0 = the mean after normalisation
     try:
         return factory(source, split, image_size, transform=transform, size=size, seed=seed,
                        cache_dir=None if real else cache_dir)
@@ -86,7 +92,7 @@ def build_data(cfg: Config) -> DataBundle:
     """The train and val splits a config names."""
     d = cfg.data
     common = dict(image_size=d.image_size, seed=d.data_seed, cache_dir=d.cache_dir)
-    train = build_dataset(d.train, "train", size=d.train_size, augment=d.augment, **common)
+    train = build_dataset(d.train, "train", size=d.train_size, augment=d.augment, shift=d.shift, **common)
     val = build_dataset(d.val or d.train, "val", size=d.val_size, augment=False, **common)
     info = getattr(train, "num_classes", None)
     if info is None:
