@@ -8,12 +8,15 @@ the compared callables, min and median of k), so ratios hold on a shared machine
   with its ratio to the forward of a timm ViT of the same width on N uniform tokens;
 * model forward: the Quadformer vs the vanilla ViT at equal N (``UniformViT``);
 * training step (forward, backward, AdamW) of the same pairs;
-* micro models at 128 px: img/s of the Quadformer at N=64 vs the vanilla ViT at N=64 and N=256.
+* micro models at 128 px: img/s of the Quadformer at N=64 vs the vanilla ViT at N=64 and N=256;
+* memory: peak extra memory of one ``tokenize()`` at batch 256, 384 px, as a multiple of the input
+  batch's bytes (issue-13 target: at most 2x).
 
 Peak memory beside every time: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory
 allocated before the call; on CPU the process's resident-set high-water mark (``VmHWM``,
 reset through ``/proc/self/clear_refs``) minus its resident set before the call, i.e. what
-the call made the process touch (freed heap reused by the call is not counted).
+the call made the process touch; free heap is handed back to the system first (glibc
+``malloc_trim``), so memory the call reuses from earlier calls is counted too.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/run_all.py [--quick | --full] [--device cuda]
         [--threads 2] [--json out.json]
@@ -85,6 +88,16 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+def _trim_heap() -> None:
+    """Return free heap pages to the system (glibc), so a later RSS rise counts reused memory."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_memory_mb(fn, device: torch.device) -> float | None:
     """Extra memory one call of ``fn`` needs at its peak, in MiB (see the module doc)."""
     if device.type == "cuda":
@@ -94,6 +107,7 @@ def peak_memory_mb(fn, device: torch.device) -> float | None:
         fn()
         _sync(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    _trim_heap()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the high-water mark to the current RSS
@@ -247,6 +261,29 @@ def micro_table(batches, reps, device) -> list[dict]:
     return rows
 
 
+def memory_table(device, batch: int = 256, size: int = 384) -> list[dict]:
+    """Peak extra memory of one tokenize() call against the input batch's bytes (issue 13)."""
+    pmin, pmax, target = SETTINGS[size]
+    n = legal_n(size, pmin, pmax, target)
+    x = torch.randn(batch, 3, size, size, device=device)
+    input_mb = x.numel() * x.element_size() / 2**20
+    rows = []
+    for s in ("pixel-blur", "feature"):
+        m = quadformer(size, pmin, pmax, n, "small", s, device)
+        with torch.inference_mode():
+            m.tokenize(x[:2])  # warm caches (tables, weights) outside the measured call
+            t0 = time.perf_counter()
+            mem = peak_memory_mb(lambda m=m: m.tokenize(x), device)
+            dt = time.perf_counter() - t0
+        r = _row(f"tokenize {s} (input {input_mb:.0f} MiB)", {"min": dt, "median": dt}, batch, mem, None)
+        r["ratio"] = None if mem is None else mem / input_mb
+        rows.append({"table": f"memory ({size} px, batch {batch})", "size": size, "p_min": pmin, "p_max": pmax,
+                     "N": n, "input_mb": input_mb, **r})
+        del m
+    _print_rows(rows)
+    return rows
+
+
 # ------------------------------------------------------------------------------------------
 # output
 
@@ -265,13 +302,18 @@ def markdown(rows: list[dict]) -> str:
     out = []
     for table in dict.fromkeys(r["table"] for r in rows):
         part = [r for r in rows if r["table"] == table]
-        micro = table.startswith("micro")
+        micro, memory = table.startswith("micro"), table.startswith("memory")
         head = "| size, N | batch | what | ms/img | img/s | peak MiB |"
-        head += " x vanilla N=64 img/s | x vanilla N=256 img/s |" if micro else " ratio |"
+        head += (" x vanilla N=64 img/s | x vanilla N=256 img/s |" if micro
+                 else " peak / input bytes |" if memory else " ratio |")
         out += [f"\n**{table}**\n", head, "|" + "---|" * (head.count("|") - 1)]
         for r in part:
-            tail = (f" {r['vs_vanilla_64']:.2f} | {r['vs_vanilla_256']:.2f} |" if micro
-                    else f" {_fmt(r['ratio'], '.1%') if r['ratio'] is not None and r['ratio'] < 0.5 else _fmt(r['ratio'], '.3f')} |")
+            if micro:
+                tail = f" {r['vs_vanilla_64']:.2f} | {r['vs_vanilla_256']:.2f} |"
+            elif memory:
+                tail = f" {_fmt(r['ratio'], '.2f')}x |"
+            else:
+                tail = f" {_fmt(r['ratio'], '.1%') if r['ratio'] is not None and r['ratio'] < 0.5 else _fmt(r['ratio'], '.3f')} |"
             out.append(f"| {r['size']}, {r['N']} | {r['batch']} | {r['what']} | {r['ms_per_img']:.3f} | "
                        f"{r['img_per_s']:.0f} | {_fmt(r['peak_mb'], '.0f')} |{tail}")
     return "\n".join(out)
@@ -286,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_true", help="224/256/384 px, batch 1/16/64/256 (long on CPU)")
     ap.add_argument("--reps", type=int, default=None, help="interleaved rounds (default 5, 3 with --quick)")
     ap.add_argument("--bf16", action="store_true", help="inference tables under bf16 autocast")
-    ap.add_argument("--only", nargs="+", default=None, choices=("tokenizer", "forward", "train", "micro"))
+    ap.add_argument("--only", nargs="+", default=None, choices=("tokenizer", "forward", "train", "micro", "memory"))
     ap.add_argument("--json", type=Path, default=None, help="write every row as JSON")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -306,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         grid, batches, fwd_batches = ((224, 256, 384), (1, 64, 256), (1, 64)) if cuda else ((256, 384), (1, 64), (16,))
         train_cfgs = [("micro", 128, 8, 32, 64, 64), ("small", 256, 16, 64, 100, 64 if cuda else 16)]
     dtype = torch.float32
-    only = set(args.only or ("tokenizer", "forward", "train", "micro"))
+    only = set(args.only or ("tokenizer", "forward", "train", "micro") + (() if args.quick else ("memory",)))
     info = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "reps": reps, "bf16": args.bf16,
             "memory": "cuda max_memory_allocated delta" if cuda else "RSS high-water-mark delta (VmHWM)",
@@ -322,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += train_table(train_cfgs, reps, device, amp=args.bf16)
     if "micro" in only:
         rows += micro_table((1, 64), reps, device)
+    if "memory" in only:
+        rows += memory_table(device)
     info["load_end"] = os.getloadavg()[0]
     info["seconds"] = round(time.time() - t0, 1)
     print(f"Measured with `benchmarks/run_all.py` on {info['gpu'] or 'CPU'}, torch {info['torch']}, "

@@ -157,6 +157,34 @@ def gather_tokens(
     return gather_pixels(images, index, geometry, resample), tables.boxes[index], tables.meta[index]
 
 
+_SEGMENT_CACHE: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+
+
+def _segment_tables(geometry: QuadGeometry, channels: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per cell (canonical order), where its pixels lie in its scale's down-scaled image seen
+    as rows of ``p_min`` pixels ("segments"): ``seg [M, C*p_min]`` segment indices within one
+    image, ``stride [M]`` segments per image of that scale, and ``starts [L]`` the first cell
+    of every scale in canonical order. Cached per (geometry, channels, device)."""
+    g, p = geometry, geometry.p_min
+    key = (g.height, g.width, p, g.p_max, channels, device)
+    tables = _SEGMENT_CACHE.get(key)
+    if tables is None:
+        segs, strides, starts, start = [], [], [], 0
+        for s in canonical_scales(g):
+            gh, gw = g.grid(s)
+            hs, per_row = g.height >> s, (g.width >> s) // p
+            rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+            base = (rows.reshape(-1) * p * per_row + cols.reshape(-1)).view(-1, 1, 1)
+            seg = base + torch.arange(channels).view(1, -1, 1) * (hs * per_row) + torch.arange(p).view(1, 1, -1) * per_row
+            segs.append(seg.reshape(gh * gw, channels * p))
+            strides.append(torch.full((gh * gw,), channels * hs * per_row))
+            starts.append(start)
+            start += gh * gw
+        tables = (torch.cat(segs).to(device), torch.cat(strides).to(device), torch.tensor(starts, device=device))
+        _SEGMENT_CACHE[key] = tables
+    return tables
+
+
 def gather_embed(
     images: Tensor,
     index: Tensor,
@@ -170,32 +198,41 @@ def gather_embed(
     """``[B, P+N, D]``: ``prefix`` ``[P, D]`` rows, then per token ``cell_bias[cell] + pixels @ weight.T``
     (``weight`` ``[D, C*p_min^2]``; ``cell_bias`` ``[M, D]``, e.g. position + projection bias).
 
-    The eager-CPU inference path of the embedding (no autograd: callers check): chunk by chunk
-    the selected rows are gathered from a cache-resident cell table and projected by one
-    ``addmm`` per image straight into the output, whose bias rows were gathered first. So the
-    pixels, the projection, the position sum and the prefix concatenation never exist as
-    full-batch tensors (fresh large allocations cost page faults on CPU). Equal to
+    The eager-CPU inference path of the embedding (no autograd, no tracing: callers check).
+    Image by image, each token's ``C*p_min`` pixel rows are copied straight from the image or
+    its down-scaled copy (``pyramid``, when the scorer made it; tokens of one scale are
+    contiguous in canonical order, so one ``index_select`` per scale) into a cache-resident
+    buffer, and one ``addmm`` projects them into the output, whose bias rows were gathered
+    first. No multi-scale cell table is built, and the pixels, the projection, the position
+    sum and the prefix concatenation never exist as full-batch tensors. Equal to
     ``gather_pixels`` + linear + bias up to float rounding of the sum order."""
     b, n = index.shape
-    m = geometry.num_cells
-    d = images.shape[1] * geometry.p_min**2
-    p = 0 if prefix is None else prefix.shape[0]
-    out = images.new_empty(b, p + n, weight.shape[0])
-    if p:
-        out[:, :p] = prefix
+    c = images.shape[1]
+    p = geometry.p_min
+    d = c * p * p
+    scales = canonical_scales(geometry)
+    levels = {s: (pyramid.get(s) if pyramid else None) for s in scales}
+    levels = {s: (downscale(images, 1 << s, resample) if v is None else v).contiguous().view(-1, p)
+              for s, v in levels.items()}
+    seg, stride, starts = _segment_tables(geometry, c, images.device)
+    flat = index.reshape(-1)
+    image_of = torch.arange(b, device=index.device).view(b, 1, 1)
+    rows = torch.addcmul(seg.index_select(0, flat).view(b, n, c * p), stride.index_select(0, flat).view(b, n, 1),
+                         image_of)  # [B, N, C*p] segment rows in each token's scale
+    bounds = torch.searchsorted(index.contiguous(), starts.expand(b, -1).contiguous()).tolist()  # per image, first token of each scale
+    prefix_len = 0 if prefix is None else prefix.shape[0]
+    out = images.new_empty(b, prefix_len + n, weight.shape[0])
+    if prefix_len:
+        out[:, :prefix_len] = prefix
     wt = weight.reshape(weight.shape[0], d).t()
-    chunk = max(1, min(b, CPU_CHUNK_ELEMENTS // max(1, images[0].numel()))) if b else 1
-    cells = images.new_empty(chunk, m, d)
-    offsets = torch.arange(chunk, device=index.device).view(chunk, 1) * m
-    pixels = images.new_empty(chunk * n, d)
-    for i in range(0, b, chunk):
-        x = images[i:i + chunk]
-        k = x.shape[0]
-        _fill_cells(cells[:k], x, geometry, resample, pyramid, i)
-        rows = (index[i:i + k] + offsets[:k]).view(-1)
-        torch.index_select(cells.view(-1, d), 0, rows, out=pixels[:k * n])
-        for j in range(k):
-            o = out[i + j, p:]
-            torch.index_select(cell_bias, 0, index[i + j], out=o)
-            o.addmm_(pixels[j * n:(j + 1) * n], wt)
+    pixels = images.new_empty(n * c * p, p)
+    for j in range(b):
+        lo_hi = bounds[j] + [n]
+        for k, s in enumerate(scales):
+            lo, hi = lo_hi[k], lo_hi[k + 1]
+            if hi > lo:
+                torch.index_select(levels[s], 0, rows[j, lo:hi].reshape(-1), out=pixels[lo * c * p:hi * c * p])
+        o = out[j, prefix_len:]
+        torch.index_select(cell_bias, 0, index[j], out=o)
+        o.addmm_(pixels.view(n, d), wt)
     return out

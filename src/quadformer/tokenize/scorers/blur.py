@@ -69,16 +69,47 @@ def _up_rows(s: Tensor, f: int, out: Tensor | None = None) -> Tensor:
     if is_tracing():
         return torch.stack([torch.lerp(sp[..., o:o + n, :], sp[..., o + 1:o + 1 + n, :], w)
                             for o, w in _up_taps(f)], -2).flatten(-3, -2)
-    # phase k = half*f/2 + j of row i reads padded rows i+half and i+half+1
-    *lead, _, w = sp.shape
+    return _up_padded_rows(sp, f, out)
+
+
+def _up_padded_rows(sp: Tensor, f: int, out: Tensor | None = None) -> Tensor:
+    """Row up-sampling of edge-padded rows ``[..., n+2, W]`` in one ``lerp``: phase
+    ``k = half*f/2 + j`` of row ``i`` reads padded rows ``i+half`` and ``i+half+1``."""
+    *lead, n2, w = sp.shape
+    n = n2 - 2
     st = sp.stride()
     shape = (*lead, n, 2, f // 2, w)
     strides = (*st[:-2], st[-2], st[-2], 0, st[-1])
     lo = sp.as_strided(shape, strides, sp.storage_offset())
     hi = sp.as_strided(shape, strides, sp.storage_offset() + st[-2])
-    out = s.new_empty(shape) if out is None else out.view(shape)
-    torch.lerp(lo, hi, _row_weights(f, s), out=out)
+    out = sp.new_empty(shape) if out is None else out.view(shape)
+    torch.lerp(lo, hi, _row_weights(f, sp), out=out)
     return out.view(*lead, n * f, w)
+
+
+def blur_into(x: Tensor, f: int, out: Tensor, work: Tensor, small: Tensor | None = None) -> Tensor:
+    """Eager-CPU ``blur`` by the factor ``f`` of ``x [B, C, H, W]`` written into ``out`` (same
+    shape), with the padded intermediates in ``work`` (a flat buffer of at least
+    ``B*C*(H/f+2)*(W + W/f+2)`` elements), so that chunked callers allocate nothing per call
+    (fresh large CPU allocations cost page faults). ``small``: ``downsample(x, f)`` if the
+    caller has it. The same values as :func:`blur`."""
+    b, c, h, w = x.shape
+    hs, ws = h // f, w // f
+    n_small = b * c * hs * (ws + 2)
+    sp = work[:n_small].view(b, c, hs, ws + 2)  # columns padded by one replicated pixel
+    if small is None:
+        small = downsample(x, f, out=sp[..., 1:ws + 1])
+    else:
+        sp[..., 1:ws + 1].copy_(small)
+    sp[..., :1].copy_(small[..., :1])
+    sp[..., ws + 1:].copy_(small[..., ws - 1:])
+    cp = work[n_small:n_small + b * c * (hs + 2) * w].view(b, c, hs + 2, w)  # rows padded
+    cols = cp[:, :, 1:hs + 1].view(b, c, hs, ws, f)
+    for k, (o, wt) in enumerate(_up_taps(f)):
+        torch.lerp(sp[..., o:o + ws], sp[..., o + 1:o + 1 + ws], wt, out=cols[..., k])
+    cp[:, :, :1].copy_(cp[:, :, 1:2])
+    cp[:, :, hs + 1:].copy_(cp[:, :, hs:hs + 1])
+    return _up_padded_rows(cp, f, out)
 
 
 def blur(images: Tensor, scale: int, out: Tensor | None = None) -> Tensor:

@@ -10,7 +10,7 @@ from ..resample import downsample
 from ..validation import is_tracing
 from ._checks import check_images
 from .base import PatchScorer
-from .blur import _up_cols, _up_rows, blur
+from .blur import blur, blur_into
 
 
 class PixelBlurScorer(PatchScorer):
@@ -46,8 +46,8 @@ class PixelBlurScorer(PatchScorer):
                 f = 1 << s
                 pyramid[s] = images.new_empty(b, images.shape[1], geometry.height // f, geometry.width // f)
         c, h, w = images.shape[1:]
-        work_u = images.new_empty(chunk * c * h * w, dtype=torch.float32)
-        work_c = images.new_empty(chunk * c * h * w // 2, dtype=torch.float32)
+        work_u = images.new_empty(chunk, c, h, w, dtype=torch.float32)
+        work = images.new_empty(chunk * c * (h // 2 + 2) * (w + w // 2 + 2), dtype=torch.float32)
         parts = []
         for i in range(0, b, chunk):
             x = images[i:i + chunk].float()
@@ -55,9 +55,8 @@ class PixelBlurScorer(PatchScorer):
             maps = []
             for s in range(1, geometry.num_scales):
                 f, p = 1 << s, geometry.patch_size(s)
-                small = downsample(x, f, out=pyramid[s][i:i + k] if keep else None)
-                cols = _up_cols(small, f, out=work_c[:k * c * (h // f) * w])
-                err = _up_rows(cols, f, out=work_u[:k * c * h * w]).sub_(x).square_()  # (blur_s - x)^2
+                small = downsample(x, f, out=pyramid[s][i:i + k]) if keep else None
+                err = blur_into(x, f, work_u[:k], work, small).sub_(x).square_()  # (blur_s - x)^2
                 maps.append(self._patch_score(err, p))
             parts.append(maps)
         return [torch.cat(m) for m in zip(*parts)] if len(parts) > 1 else parts[0]
