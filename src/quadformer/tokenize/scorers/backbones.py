@@ -509,7 +509,7 @@ class FastShuffleNet(nn.Module):
         buf = None
         i = 0
         for x, f in map(_pass, xs):
-            for part in x.to(self.dtype).split(group):
+            for part in x.split(group):
                 vals = {0: self._stem(part) if f == 1 else self._stem_up(part, f)}
                 self._run(self.steps[:self.split], vals)
                 pieces = [vals[v][:, a:z] for v, a, z in split_step[2]]
@@ -528,13 +528,14 @@ class FastShuffleNet(nn.Module):
         return out
 
     def _stem(self, x: Tensor) -> Tensor:
+        """conv1 with its ReLU fused, then the max-pool (they commute: both are monotone)."""
         w, b = self.stem
-        y = _conv(x.contiguous(memory_format=_CL), w, b, 2, 1, 1, False)
+        y = _conv(x.to(dtype=self.dtype, memory_format=_CL), w, b, 2, 1, 1, True)  # one copy: cast + layout
         h, wd = y.shape[-2:]
         out = torch.empty(y.shape[0], y.shape[1], (h + 1) // 2, (wd + 1) // 2, dtype=y.dtype, device=y.device,
                           memory_format=_CL)
         _max_pool_3s2(y, out)
-        return out.relu_()
+        return out
 
     #: up-sampling factors :meth:`forward_passes` takes as ``(small image, f)``
     UPSAMPLED = (2, 4)
@@ -556,6 +557,7 @@ class FastShuffleNet(nn.Module):
         p = f // 2
         c = self.stem_channels
         b, _, sh, sw = s.shape
+        s = s.to(self.dtype)
         sp = F.pad(s, (1, 1, 1, 1), mode="replicate").contiguous(memory_format=_CL)
         o = _conv(sp, k, bias, 1, 0, 1, False)  # [b, p*p*c, sh, sw]: phase (i, j) = channels (i*p + j)*c ...
         row = _conv(sp[:, :, 1:2], k_row, None, 1, 0, 1, False)  # [b, p*c, 1, sw]: phases (0, j), first row
