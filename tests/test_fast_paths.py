@@ -116,3 +116,18 @@ def test_training_keeps_the_differentiable_path():
     assert not tok._direct_embedding(x)
     tok(x)[0].sum().backward()
     assert tok.patch_embed.proj.weight.grad is not None and tok.cls_token.grad is not None
+
+
+@pytest.mark.parametrize("kind", ["random", "ties"])
+def test_eager_token_indices_equal_the_traced_scatter(kind):
+    from quadformer.tokenize import quadtree as qt
+
+    g = QuadGeometry(128, 128, 8, 64, 85)  # L = 4
+    gen = torch.Generator().manual_seed(5)
+    draw = (lambda *s: torch.rand(*s, generator=gen)) if kind == "random" else \
+        (lambda *s: torch.randint(0, 3, s, generator=gen).float())
+    scores = [draw(5, *g.grid(s)) for s in range(1, g.num_scales)]
+    eager = qt.select_tokens(scores, g)
+    with mock.patch.object(qt, "is_tracing", lambda: True):
+        traced = qt.select_tokens(scores, g)
+    assert eager.is_contiguous() and torch.equal(eager, traced)

@@ -208,6 +208,8 @@ def select_tokens(
     canonical emission order (side descending, then y, then x)."""
     mask = token_mask(select_splits(scores, geometry, batch_size, device), geometry)
     n, m = geometry.num_patches, geometry.num_cells
+    if mask.device.type == "cpu" and not is_tracing():  # eager CPU: row-major order is canonical, n per row
+        return mask.nonzero()[:, 1].contiguous().view(mask.shape[0], n)
     # A token's output slot is the number of tokens before it (a cumsum); non-tokens write to
     # a spare slot n, dropped. No sort: canonical order by construction, on every backend.
     slot = torch.where(mask, torch.cumsum(mask, 1) - 1, n)

@@ -62,6 +62,13 @@ def mosaic(
     return gather_tokens(images, index, geometry, resample)
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 class PositionTable:
     """Position embedding of every cell of a geometry, gathered per token.
 
@@ -137,7 +144,7 @@ class MosaicEmbedding:
         the differentiable, traceable path."""
         if images.device.type != "cpu" or images.dtype != torch.float32 or is_tracing():
             return False
-        if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+        if torch.is_grad_enabled() or _cpu_autocast():
             return False
         pe = self.patch_embed
         return (type(pe) is TokenPatchEmbed and isinstance(pe.norm, nn.Identity)

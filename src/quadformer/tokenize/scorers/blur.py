@@ -101,15 +101,21 @@ def blur_into(x: Tensor, f: int, out: Tensor, work: Tensor, small: Tensor | None
         small = downsample(x, f, out=sp[..., 1:ws + 1])
     else:
         sp[..., 1:ws + 1].copy_(small)
-    sp[..., :1].copy_(small[..., :1])
-    sp[..., ws + 1:].copy_(small[..., ws - 1:])
+    _edges(sp, -1).copy_(_edges(small, -1))  # replicate the first and last column
     cp = work[n_small:n_small + b * c * (hs + 2) * w].view(b, c, hs + 2, w)  # rows padded
     cols = cp[:, :, 1:hs + 1].view(b, c, hs, ws, f)
     for k, (o, wt) in enumerate(_up_taps(f)):
         torch.lerp(sp[..., o:o + ws], sp[..., o + 1:o + 1 + ws], wt, out=cols[..., k])
-    cp[:, :, :1].copy_(cp[:, :, 1:2])
-    cp[:, :, hs + 1:].copy_(cp[:, :, hs:hs + 1])
+    _edges(cp, -2).copy_(_edges(cols.view(b, c, hs, w), -2))  # and the first and last row
     return _up_padded_rows(cp, f, out)
+
+
+def _edges(t: Tensor, dim: int) -> Tensor:
+    """The first and last entries of ``t`` along ``dim`` as one strided view (size 2 there)."""
+    shape, strides = list(t.shape), list(t.stride())
+    strides[dim] *= shape[dim] - 1
+    shape[dim] = 2
+    return t.as_strided(shape, strides, t.storage_offset())
 
 
 def blur(images: Tensor, scale: int, out: Tensor | None = None) -> Tensor:

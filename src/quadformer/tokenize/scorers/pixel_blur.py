@@ -27,7 +27,7 @@ class PixelBlurScorer(PatchScorer):
 
     shares_pyramid = True
 
-    def __init__(self, chunk_elements: int = 1 << 20) -> None:
+    def __init__(self, chunk_elements: int = 1 << 19) -> None:
         super().__init__()
         self.chunk_elements = chunk_elements  # images per chunk ~ chunk_elements / (C*H*W)
 
