@@ -172,15 +172,15 @@ def test_learned_scorer_gradient_sign():
 
 @pytest.fixture(scope="module")
 def tiny_distilled(tmp_path_factory):
-    """The whole distillation recipe at 32 px: teacher (resnet10t, one short epoch), Grad-CAM
-    targets, student, weights file."""
+    """The whole distillation recipe at 32 px: teacher (resnet10t, one short epoch on glyphs,
+    then one on dice from those weights), Grad-CAM targets, student, weights file."""
     from quadformer.train.saliency import distill
 
     out = tmp_path_factory.mktemp("distil")
-    summary = distill("builtin:glyphs", out, teacher_model="resnet10t", teacher_epochs=1, train_size=64, image_size=32,
-                      p_min=4, student_epochs=2, widths=(4, 8), teacher_overrides=["data.batch_size=32",
-                                                                                    "train.progress=false",
-                                                                                    "data.val_size=32"])
+    summary = distill("builtin:dice", out, teacher_model="resnet10t", teacher_epochs=1, train_size=64, image_size=32,
+                      pretrain="builtin:glyphs", pretrain_epochs=1, pretrain_size=32, p_min=4, student_epochs=2,
+                      widths=(4, 8), context=1, teacher_overrides=["data.batch_size=32", "train.progress=false",
+                                                                   "data.val_size=32"])
     return out, summary
 
 
@@ -188,12 +188,18 @@ def tiny_distilled(tmp_path_factory):
 def test_distill_recipe_writes_a_scorer_the_quadformer_loads(tiny_distilled):
     out, summary = tiny_distilled
     assert summary["train_images"] == 64 and summary["saliency"] == "gradcam"
+    import yaml
+
+    # the teacher was fine-tuned from the glyphs-pretrained one (its head replaced: 10 -> 6 classes)
+    cfg = yaml.safe_load((out / "teacher" / "config.yaml").read_text())
+    assert cfg["model"]["init_checkpoint"] == str(out / "teacher_pretrain" / "last.pt")
+    assert cfg["optim"]["lr"] == 1e-3 and cfg["data"]["train"] == "builtin:dice"
     from quadformer.models.factory import build_model
 
-    model = build_model("quadformer_micro_patch4_32", 10, 32, 28, {"scorer": "distilled",
-                                                                 "scorer_kwargs": {"weights": summary["weights"]}})
-    assert model.scorer.info["data"] == "builtin:glyphs"
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    model = build_model("quadformer_micro_patch4_32", 6, 32, 28, {"scorer": "distilled",
+                                                                "scorer_kwargs": {"weights": summary["weights"]}})
+    assert model.scorer.info["data"] == "builtin:dice" and model.scorer.net.context == 1
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 6)
 
 
 @pytest.mark.slow
@@ -201,6 +207,36 @@ def test_distill_refuses_a_teacher_of_another_label_space(tiny_distilled):
     from quadformer.train.saliency import distill
 
     out, _ = tiny_distilled
-    with pytest.raises(QuadformerError, match="predicts 10 classes but builtin:dice has 6") as e:
-        distill("builtin:dice", out / "dice", teacher=str(out / "teacher"), train_size=32, image_size=32, p_min=4)
+    with pytest.raises(QuadformerError, match="predicts 6 classes but builtin:glyphs has 10") as e:
+        distill("builtin:glyphs", out / "glyphs", teacher=str(out / "teacher"), train_size=32, image_size=32,
+                p_min=4)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, expect", [
+    ({"image_size": 16}, "16x16 is not a multiple of p_max=32"),  # images smaller than p_max
+    ({"image_size": 64, "p_max": 48}, "p_max=48"),
+    ({"p_min": 3}, "--p-min 3"),
+])
+def test_distill_judges_sizes_before_training(tmp_path, kwargs, expect):
+    from quadformer.train.saliency import distill
+
+    with pytest.raises(QuadformerError, match=expect) as e:
+        distill("builtin:glyphs", tmp_path / "x", train_size=8, **kwargs)
+    assert "\n" not in str(e.value) and not (tmp_path / "x").exists()
+
+
+def test_saliency_net_context_layers_widen_the_view(tmp_path):
+    """Two dilated layers at the last stage: the receptive field spans the image, the
+    architecture round-trips through the file, and files without ``context`` load as before."""
+    torch.manual_seed(0)
+    net = SaliencyNet((4, 8, 8), 8, context=2)
+    net2, _ = load_saliency_net(save_saliency_net(net, tmp_path / "c.safetensors"))
+    assert net2.context == 2 and net2.config() == net.config()
+    x = torch.zeros(1, 3, 128, 128, requires_grad=True)
+    net(x)[0, 0, 0].backward()  # the top-left cell sees pixels 60 px away (39 px field without context)
+    assert x.grad[0, :, 60:].abs().sum() > 0
+    x.grad = None
+    SaliencyNet((4, 8, 8), 8)(x)[0, 0, 0].backward()
+    assert x.grad[0, :, 40:].abs().sum() == 0 and SaliencyNet((4, 8, 8), 8).config() == {"widths": [4, 8, 8],
+                                                                                          "stride": 8}

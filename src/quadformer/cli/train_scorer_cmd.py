@@ -3,9 +3,10 @@
 On a new domain, try these first (pixel-blur only finds detail; on natural photos detail is
 everywhere, see docs/scorers.md):
 
-  --kind distilled (recommended): trains a full-resolution teacher (default resnet10t) on the
-      data, takes its Grad-CAM of the true class per p_min cell, and distils it into a small
-      CNN that needs no labels (~8 MMACs at 128 px):
+  --kind distilled (recommended): trains a full-resolution teacher (default resnet10t; first
+      on the built-in glyphs task, then fine-tuned on the data: from scratch it stays at chance
+      on a few thousand photos), takes its Grad-CAM of the true class per p_min cell, and
+      distils it into a small CNN that needs no labels (~8 MMACs at 128 px):
         quadformer train-scorer --kind distilled --data builtin:natural --out runs/sal
         model.kwargs={scorer: distilled, scorer_kwargs: {weights: runs/sal/scorer.safetensors}}
       (--teacher RUN reuses a trained classifier of the same label space.)
@@ -28,6 +29,7 @@ import logging
 from pathlib import Path
 
 from ..utils.errors import QuadformerError
+from .common import nonneg_int, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,13 +45,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher", default=None, help="a trained classifier (run folder or weights) to distil from; "
                                                   "default: train one")
     g.add_argument("--teacher-model", default="resnet10t", help="timm teacher to train (default resnet10t)")
-    g.add_argument("--teacher-epochs", type=int, default=8)
-    g.add_argument("--train-size", type=int, default=3000, help="training images of built-in data (default 3000)")
-    g.add_argument("--image-size", type=int, default=128)
-    g.add_argument("--p-min", type=int, default=8, help="finest patch side: the scorer's map resolution (default 8)")
+    g.add_argument("--teacher-epochs", type=positive_int, default=4, help="teacher epochs on --data (default 4)")
+    g.add_argument("--pretrain", default="builtin:glyphs",
+                   help="data the teacher is trained on first (default builtin:glyphs; 'none': from scratch)")
+    g.add_argument("--pretrain-epochs", type=positive_int, default=3)
+    g.add_argument("--pretrain-size", type=positive_int, default=2000, help="pretraining images (default 2000)")
+    g.add_argument("--train-size", type=positive_int, default=3000, help="training images of built-in data (default 3000)")
+    g.add_argument("--image-size", type=positive_int, default=128)
+    g.add_argument("--p-min", type=positive_int, default=8, help="finest patch side: the scorer's map resolution (default 8)")
+    g.add_argument("--p-max", type=positive_int, default=None,
+                   help="coarsest patch side of the Quadformers that will use it (default 4 x p-min)")
     g.add_argument("--saliency", choices=("gradcam", "inputgrad"), default="gradcam")
-    g.add_argument("--student-epochs", type=int, default=30)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--student-epochs", type=positive_int, default=30)
+    g.add_argument("--seed", type=nonneg_int, default=0)
     g.add_argument("--from", dest="from_run", default=None, help="learned kind: the Quadformer run or weights")
 
 
@@ -90,6 +98,8 @@ def _distilled(args: argparse.Namespace) -> int:
 
     summary = distill(args.data or "builtin:glyphs", args.out, teacher=args.teacher, teacher_model=args.teacher_model,
                       teacher_epochs=args.teacher_epochs, train_size=args.train_size, image_size=args.image_size,
+                      pretrain=None if args.pretrain.lower() == "none" else args.pretrain,
+                      pretrain_epochs=args.pretrain_epochs, pretrain_size=args.pretrain_size, p_max=args.p_max,
                       p_min=args.p_min, method=args.saliency, student_epochs=args.student_epochs, seed=args.seed,
                       teacher_overrides=list(args.overrides))
     print(json.dumps(summary, indent=1))

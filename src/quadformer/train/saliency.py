@@ -1,7 +1,10 @@
 """Distilling a teacher's saliency into a label-free scorer (``train-scorer --kind distilled``).
 
-1. A full-resolution teacher (default: timm's ``resnet10t``) is trained on the user's data
-   with the normal engine, or given as a finished run/checkpoint.
+1. A full-resolution teacher (default: timm's ``resnet10t``) is trained with the normal
+   engine, or given as a finished run/checkpoint. By default it is first trained on the
+   built-in ``glyphs`` task (3 epochs, 2000 images) and then fine-tuned on the user's data
+   (4 epochs): from scratch a small CNN stays at chance on a few thousand natural photos, and
+   a teacher at chance has no saliency to give (``docs/scorers.md``).
 2. For every training image, the teacher's saliency of the *true* class on the ``p_min``
    grid: Grad-CAM (Selvaraju et al., 2017) at the deepest stage no coarser than ``p_min``,
    or the input gradient ``|d logit_y / d x|`` (Simonyan et al., 2014) pooled per cell; each
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..models.loading import load_model
+from ..tokenize import legal_budgets
 from ..tokenize.scorers import SaliencyNet, grad_cam, save_saliency_net
 from ..utils.errors import QuadformerError
 from .config import load_config
@@ -101,12 +105,13 @@ def saliency_targets(model: nn.Module, dataset: Dataset, grid: tuple[int, int], 
 
 
 def train_student(images: Tensor, targets: Tensor, stride: int, widths=(8, 16, 32), epochs: int = 30,
-                  lr: float = 3e-3, batch_size: int = 64, seed: int = 0) -> tuple[SaliencyNet, float]:
+                  lr: float = 3e-3, batch_size: int = 64, seed: int = 0,
+                  context: int = 0) -> tuple[SaliencyNet, float]:
     """Fit a :class:`SaliencyNet` to ``targets`` (BCE on soft targets, random horizontal
     flips of image and map together). Returns the net (eval mode) and the final loss."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = SaliencyNet(widths, stride)
+    net = SaliencyNet(widths, stride, context=context)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     n = images.shape[0]
     steps = max(1, epochs * math.ceil(n / batch_size))
@@ -138,7 +143,12 @@ def train_student(images: Tensor, targets: Tensor, stride: int, widths=(8, 16, 3
     return net.eval(), loss_avg
 
 
-def train_teacher(data: str, out: Path, model: str = "resnet10t", epochs: int = 8, train_size: int | None = 3000,
+#: fine-tuning a pretrained teacher: a smaller step, a short warm-up, no augmentation (the
+#: settings of the measured teacher in docs/scorers.md)
+FINETUNE = ["optim.lr=1e-3", "optim.warmup_epochs=0.3", "data.augment=false"]
+
+
+def train_teacher(data: str, out: Path, model: str = "resnet10t", epochs: int = 4, train_size: int | None = 3000,
                   image_size: int = 128, seed: int = 0, overrides: list[str] | None = None,
                   cache_dir: str | None = None) -> Path:
     """Train the teacher with the normal engine (resumable); returns its run folder."""
@@ -157,22 +167,37 @@ def train_teacher(data: str, out: Path, model: str = "resnet10t", epochs: int = 
 
 
 def distill(data: str, out: str | Path, *, teacher: str | None = None, teacher_model: str = "resnet10t",
-            teacher_epochs: int = 8, train_size: int | None = 3000, image_size: int = 128, p_min: int = 8,
-            method: str = "gradcam", student_epochs: int = 30, widths=(8, 16, 32), seed: int = 0,
-            teacher_overrides: list[str] | None = None, cache_dir: str | None = None) -> dict[str, Any]:
-    """The whole recipe; writes ``<out>/scorer.safetensors`` and returns a summary."""
+            teacher_epochs: int = 4, pretrain: str | None = "builtin:glyphs", pretrain_epochs: int = 3,
+            pretrain_size: int = 2000, train_size: int | None = 3000, image_size: int = 128, p_min: int = 8,
+            p_max: int | None = None, method: str = "gradcam", student_epochs: int = 30, widths=(8, 16, 32),
+            context: int = 0, seed: int = 0, teacher_overrides: list[str] | None = None,
+            cache_dir: str | None = None) -> dict[str, Any]:
+    """The whole recipe; writes ``<out>/scorer.safetensors`` and returns a summary.
+
+    ``pretrain``: the data the teacher is trained on before ``data`` (``None``: from scratch);
+    ``p_max``: the coarsest patch of the Quadformers that will use the scorer (default
+    ``4 * p_min``), checked against ``image_size`` before anything is trained."""
     out = Path(out)
     t0 = time.perf_counter()
     if method not in METHODS:
         raise QuadformerError(f"--saliency {method!r} is not one of {METHODS}")
+    if p_min < 2 or p_min & (p_min - 1):
+        raise QuadformerError(f"--p-min {p_min} is illegal: the scorer's map stride must be a power of two >= 2 "
+                              f"(e.g. 8)")
+    legal_budgets(image_size, image_size, p_min, p_max or 4 * p_min)  # one line for images smaller than p_max
     common = dict(image_size=image_size, seed=0, cache_dir=cache_dir)
     train_set = build_dataset(data, "train", train_size, False, **common)
     num_classes = int(getattr(train_set, "num_classes", 0))
     if getattr(train_set, "multilabel", False):
         raise QuadformerError(f"{data} is multi-label; distillation needs a single-label task")
     if teacher is None:
+        ov = list(teacher_overrides or [])
+        if pretrain:
+            first = train_teacher(pretrain, out / "teacher_pretrain", teacher_model, pretrain_epochs, pretrain_size,
+                                  image_size, seed, ov, cache_dir)
+            ov = FINETUNE + [f"model.init_checkpoint={first / 'last.pt'}"] + ov
         teacher = str(train_teacher(data, out / "teacher", teacher_model, teacher_epochs, train_size, image_size,
-                                    seed, teacher_overrides, cache_dir))
+                                    seed, ov, cache_dir))
     loaded = load_model(teacher)
     if loaded.num_classes != num_classes:
         raise QuadformerError(f"teacher {teacher} predicts {loaded.num_classes} classes but {data} has "
@@ -181,7 +206,7 @@ def distill(data: str, out: str | Path, *, teacher: str | None = None, teacher_m
     grid = (image_size // p_min, image_size // p_min)
     images, targets = saliency_targets(model, train_set, grid, method, p_min)
     t1 = time.perf_counter()
-    net, loss = train_student(images, targets, p_min, widths, student_epochs, seed=seed)
+    net, loss = train_student(images, targets, p_min, widths, student_epochs, seed=seed, context=context)
     path = out / "scorer.safetensors"
     summary = {"data": data, "teacher": str(teacher), "saliency": method, "train_images": int(images.shape[0]),
                "student_loss": round(loss, 5), "image_size": image_size, "p_min": p_min,
