@@ -458,6 +458,17 @@ def cases(w) -> list[Case]:
     for n, expect in (("0", "0"), ("5", "N=5"), ("100000", "100000"), ("-3", "-3")):
         c.append(Case(f"train-num_patches={n}", ["train", "--out", O, *MICRO, *TINY_DATA, f"model.num_patches={n}"],
                       expect))
+    # the distilled scorer (issue 10): images smaller than p_max, a teacher of another label space,
+    # weights of another architecture
+    dist = ["train-scorer", "--kind", "distilled", "--out", O]
+    for extra, expect in ((["--image-size", "16"], "16x16"), (["--p-min", "3"], "--p-min 3"),
+                          (["--image-size", "64", "--p-max", "48"], "p_max=48"),
+                          (["--data", "builtin:dice", "--teacher", run, "--train-size", "16", "--image-size", "32",
+                            "--p-min", "4"], "predicts 10 classes")):
+        c.append(Case(f"train-scorer-distilled-{'_'.join(extra)[-40:]}", dist + extra, expect))
+    for f in (ck / "other_arch.pth", w["export"]):
+        kw = f"model.kwargs={{embed_dim: 32, depth: 2, num_heads: 2, scorer: distilled, scorer_kwargs: {{weights: {f}}}}}"
+        c.append(Case(f"train-distilled-weights-{f.name}", ["train", "--out", O, *MICRO, *TINY_DATA, kw], f.name))
 
     # -- 5. configs and overrides: train, pretrain, train-scorer --
     cfg_cmds = {
