@@ -158,11 +158,12 @@ class MosaicEmbedding:
         """Images -> (embedded tokens incl. prefix ``[B, P+N, D]``, cell index ``[B, N]``):
         score and select (no grad), resample, patch-embed, add positions, prepend cls."""
         g = self.geometry
+        pyramid: dict[int, Tensor] | None = None
+        if (images.device.type == "cpu" and self.resample == "reference" and not is_tracing()
+                and getattr(self.scorer, "shares_pyramid", False)):
+            pyramid = {}  # the scorer's down-scaled images, reused by the gather
+            scorer_inputs = {**scorer_inputs, "pyramid": pyramid}
         if self._direct_embedding(images):  # eager CPU inference: one fused pass (issue 13)
-            pyramid: dict[int, Tensor] | None = None
-            if self.resample == "reference" and getattr(self.scorer, "shares_pyramid", False):
-                pyramid = {}  # the scorer's down-scaled images, reused by the gather
-                scorer_inputs = {**scorer_inputs, "pyramid": pyramid}
             index = select(images, g, self.scorer, **scorer_inputs)
             proj = self.patch_embed.proj
             cell_bias = self.pos_table.table(g, images.device)
@@ -173,7 +174,7 @@ class MosaicEmbedding:
                 prefix = (self.cls_token if self.cls_pos is None else self.cls_token + self.cls_pos)[0]
             return gather_embed(images, index, g, proj.weight, cell_bias, prefix, self.resample, pyramid), index
         index = select(images, g, self.scorer, **scorer_inputs)
-        t = gather_pixels(images, index, g, self.resample, project=self.patch_embed)  # chunked on CPU
+        t = gather_pixels(images, index, g, self.resample, project=self.patch_embed, pyramid=pyramid)  # chunked on CPU
         if getattr(self.scorer, "trainable", False):  # end-to-end scorer: straight-through gate
             t = self.scorer.gate(t, index, g, images)
         t = t + self.pos_table(index, g).to(t.dtype)
