@@ -2,24 +2,27 @@
 and a timm CNN trained with the same budget.
 
 On ``builtin:natural-3k`` (3000 training images, 10 classes, chance 10%). Every run is the
-recipe of ``configs/recipe_natural.yaml`` (same images, epochs, optimiser and schedule); only
-the model and its start differ. "glyphs-pretrained" runs start from
-``configs/recipe_pretrain_glyphs.yaml`` (2 epochs on 4000 fresh images of the built-in glyphs
-task) with a new head:
+recipe of ``configs/recipe_natural.yaml`` (same images, epochs, optimiser, schedule, shift
+augmentation and drop-path); only the model and its start differ. "glyphs-pretrained" runs start
+from ``configs/recipe_pretrain_glyphs.yaml`` (2 epochs on 4000 fresh images of the built-in
+glyphs task) with a new head:
 
 * ``quadformer-N64`` (the recipe) and ``quadformer-N100``: micro Quadformer with the distilled
-  saliency scorer (``--scorer-weights``; label-free at inference, GMACs counted);
+  saliency scorer (``--scorer-weights``; label-free at inference, its GMACs counted);
 * ``vanilla-N64``, ``vanilla-N256``: the uniform-grid micro ViT, its own glyph pretraining;
-* ``resnet10t-glyphs``: timm's resnet10t at full resolution (no token budget), glyph-pretrained
-  (``--pretrained resnet10t=CKPT`` reuses a glyph-trained resnet10t run);
+* ``resnet10t-glyphs``: timm's resnet10t at full resolution (no token budget), glyph-pretrained;
 * ``resnet10t``, ``quadformer-scratch``: from scratch on the natural photos only.
 
-Prints the validation curve of each (top-1 per epoch), test top-1, GMACs per image and training
-seconds, writes ``--json OUT`` (one record per run, the curve included) and ``--plot PNG``.
-Finished runs are reused (same recipe), unfinished ones resume. Usage:
+``--epochs/--shift/--drop-path`` replace the recipe's values for every run (a folder per
+setting: ``OUT/<run>_e<epochs>[_shift<px>][_dp<rate>]``); ``--pretrained ARCH=CKPT`` uses a
+glyph-trained checkpoint instead of pretraining ARCH. Prints the validation curve of each run
+(top-1 per epoch), test top-1 on 1000 test images (backgrounds from photo regions never seen in
+training), GMACs per image and training seconds; writes ``--json OUT`` (one record per run, the
+curve included) and ``--plot PNG``. Finished runs are reused (same recipe), unfinished ones
+resume. Usage:
 
     python benchmarks/natural_recipe.py --scorer-weights SCORER [--runs quadformer-N64 resnet10t-glyphs]
-        [--epochs 12] [--out runs/natural_recipe] [--threads 1] [--json OUT] [--plot PNG]
+        [--epochs 12 --shift 0 --drop-path 0] [--out runs/natural_recipe] [--threads 1] [--json OUT] [--plot PNG]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
+import yaml
 
 from quadformer.train import load_config, train
 from quadformer.train.checkpoint import load_checkpoint, model_weights
@@ -46,19 +50,31 @@ TASK = "natural-3k"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPE = CONFIGS / "recipe_natural.yaml"
 PRETRAIN = CONFIGS / "recipe_pretrain_glyphs.yaml"
-#: (model name, N, kwargs, pretrained on glyphs) per run; the Quadformer's scorer is filled in
+#: (model name, N, kind, pretrained on glyphs) per run
 RUNS = {
     "quadformer-N64": ("quadformer_micro_patch8_128", 64, "quad", True),
     "quadformer-N100": ("quadformer_micro_patch8_128", 100, "quad", True),
-    "vanilla-N64": ("uniform_vit_micro_patch8_128", 64, "{global_pool: max}", True),
-    "vanilla-N256": ("uniform_vit_micro_patch8_128", 256, "{global_pool: max}", True),
-    "resnet10t-glyphs": ("resnet10t", None, "{}", True),
-    "resnet10t": ("resnet10t", None, "{}", False),
+    "vanilla-N64": ("uniform_vit_micro_patch8_128", 64, "vit", True),
+    "vanilla-N256": ("uniform_vit_micro_patch8_128", 256, "vit", True),
+    "resnet10t-glyphs": ("resnet10t", None, "cnn", True),
+    "resnet10t": ("resnet10t", None, "cnn", False),
     "quadformer-scratch": ("quadformer_micro_patch8_128", 64, "quad", False),
 }
 #: one glyph pretraining per architecture (the Quadformer's serves every N: pixel-blur at N=64)
 PRE = {"quadformer_micro_patch8_128": ("quadformer", 64, "{global_pool: max, scorer: pixel-blur}"),
        "uniform_vit_micro_patch8_128": None, "resnet10t": ("resnet10t", None, "{}")}
+
+
+def run_kwargs(kind: str, recipe: dict, scorer_weights: str | None, drop_path: float) -> str:
+    """The model kwargs of a run: the recipe's (pooling, drop-path), its scorer for the Quadformer."""
+    kw = {k: v for k, v in recipe.items() if k not in ("scorer", "scorer_kwargs", "drop_path_rate")}
+    if drop_path:
+        kw["drop_path_rate"] = drop_path
+    if kind == "quad":
+        kw.update(scorer=recipe.get("scorer", "distilled"), scorer_kwargs={"weights": scorer_weights})
+    elif kind == "cnn":
+        kw.pop("global_pool", None)  # the CNN keeps its own average pooling
+    return yaml.safe_dump(kw, default_flow_style=True, width=10_000).strip()
 
 
 def model_overrides(name: str, n: int | None, kwargs: str) -> list[str]:
@@ -73,9 +89,12 @@ def finished(out: Path, cfg) -> bool:
     return ck.get("epoch") == cfg.train.epochs and not recipe_diff(ck["config"], cfg.to_dict(), out)
 
 
-def ensure_trained(name: str, config: Path, overrides: list[str], log=print):
+def ensure_trained(name: str, config: Path, overrides: list[str], log=print, no_train: bool = False):
+    """Train (or resume) unless finished; ``no_train``: report what the folder holds (None if nothing)."""
     cfg = load_config(config, overrides)
     out = Path(cfg.output.dir)
+    if no_train:
+        return (cfg, out) if (out / "last.pt").exists() else (cfg, None)
     if not finished(out, cfg):
         log(f"[{name}] training {cfg.model.name} for {cfg.train.epochs} epochs in {out}")
         res = train(cfg, resume="auto")
@@ -90,13 +109,16 @@ def record(name: str, cfg, out: Path, test, pretrained: str | None, log=print) -
     model.load_state_dict(model_weights(ck))
     top1 = evaluate(model, test, 128, torch.device("cpu"), DistInfo(), amp="off")["top1"]
     with open(out / "metrics.csv") as f:
-        curve = [float(r["val_top1"]) for r in csv.DictReader(f) if r.get("val_top1")]
-    summary = json.loads((out / "summary.json").read_text())
+        rows = [r for r in csv.DictReader(f) if r.get("val_top1")]
+    curve = [float(r["val_top1"]) for r in rows]
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    seconds = summary.get("train_seconds") or sum(float(r["epoch_seconds"]) for r in rows)
     rec = {"run": name, "model": cfg.model.name, "num_patches": cfg.model.num_patches,
            "start": pretrained or "scratch", "test_top1": round(top1, 2), "val_curve": curve,
            "gmacs": round(model_gmacs(model, cfg.data.image_size)[0], 4), "epochs": cfg.train.epochs,
-           "train_images": cfg.data.train_size, "train_seconds": summary.get("train_seconds")}
-    log(f"[{name}] test top-1 {top1:.2f}%  curve {curve}")
+           "epochs_done": int(ck["epoch"]), "train_images": cfg.data.train_size, "train_seconds": seconds}
+    done = "" if rec["epochs_done"] == cfg.train.epochs else f" (unfinished: {rec['epochs_done']}/{cfg.train.epochs})"
+    log(f"[{name}] test top-1 {top1:.2f}%{done}  curve {curve}")
     return rec
 
 
@@ -121,6 +143,10 @@ def main(argv=None) -> int:
                    help="use this glyph-pretrained checkpoint instead of pretraining ARCH "
                         "(quadformer, vanilla64, vanilla256, resnet10t)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default the recipe's)")
+    p.add_argument("--shift", type=int, default=None, help="data.shift in px (default the recipe's)")
+    p.add_argument("--drop-path", type=float, default=None, help="drop_path_rate (default the recipe's)")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: report the runs as their folders hold them (unfinished ones marked)")
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--out", type=Path, default=Path("runs/natural_recipe"))
     p.add_argument("--cache-dir", default=None, help="rendered built-in images (default OUT/cache)")
@@ -134,41 +160,49 @@ def main(argv=None) -> int:
     if any(RUNS[r][2] == "quad" for r in args.runs) and not args.scorer_weights:
         p.error("--scorer-weights is needed for the Quadformer runs (quadformer train-scorer --kind distilled "
                 "--data builtin:natural-3k --out runs/sal; then --scorer-weights runs/sal/scorer.safetensors)")
-    quad_kwargs = f"{{global_pool: max, scorer: distilled, scorer_kwargs: {{weights: {args.scorer_weights}}}}}"
+    recipe = load_config(RECIPE)
+    epochs = args.epochs or recipe.train.epochs
+    shift = recipe.data.shift if args.shift is None else args.shift
+    drop_path = recipe.model.kwargs.get("drop_path_rate", 0.0) if args.drop_path is None else args.drop_path
+    tag = f"e{epochs}" + (f"_shift{shift}" if shift else "") + (f"_dp{drop_path:g}" if drop_path else "")
     cache = args.cache_dir or str(args.out / "cache")
     common = [f"data.cache_dir={cache}", "train.progress=false"]
-    fine = common + ["data.train_size=3000", "data.val_size=500"]
-    fine += [f"train.epochs={args.epochs}"] if args.epochs else []
+    fine = common + ["data.train_size=3000", "data.val_size=500", f"train.epochs={epochs}", f"data.shift={shift}"]
     test = build_dataset(f"builtin:{TASK}", "test", args.test_size, False, 128, 0, cache)
 
     records = []
     for name in args.runs:
-        model, n, kwargs, pre = RUNS[name]
-        kwargs = quad_kwargs if kwargs == "quad" else kwargs
-        over = model_overrides(model, n, kwargs) + fine + [f"output.dir={args.out / name.replace('-', '_')}"]
+        model, n, kind, pre = RUNS[name]
+        kwargs = run_kwargs(kind, recipe.model.kwargs, args.scorer_weights, drop_path)
+        folder = args.out / f"{name.replace('-', '_')}_{tag}"
+        over = model_overrides(model, n, kwargs) + fine + [f"output.dir={folder}"]
         start = None
         if pre:
-            arch, pn, pkw = PRE[model] or (f"vanilla{n}", n, kwargs)
+            arch, pn, pkw = PRE[model] or (f"vanilla{n}", n, "{global_pool: max}")
             if arch in given:
                 ck = given[arch]
             else:
-                _, pout = ensure_trained(f"pretrain-{arch}", PRETRAIN, model_overrides(model, pn, pkw) + common
-                                         + [f"output.dir={args.out / f'pretrain_{arch}'}"])
-                ck = str(pout / "last.pt")
+                ck = str(args.out / f"pretrain_{arch}" / "last.pt")
+                if not args.no_train:
+                    ensure_trained(f"pretrain-{arch}", PRETRAIN, model_overrides(model, pn, pkw) + common
+                                   + [f"output.dir={args.out / f'pretrain_{arch}'}"])
             over.append(f"model.init_checkpoint={ck}")
             start = "glyphs-pretrained"
         else:
             over.append("model.init_checkpoint=null")
-        cfg, out = ensure_trained(name, RECIPE, over)
-        records.append(record(name, cfg, out, test, start))
+        cfg, out = ensure_trained(name, RECIPE, over, no_train=args.no_train)
+        if out is not None:
+            records.append(record(name, cfg, out, test, start))
+    print(f"recipe {RECIPE.name}: {epochs} epochs, data.shift={shift}, drop_path_rate={drop_path:g}")
 
     if args.scorer_weights:
         print(f"scorer: {args.scorer_weights} ({scorer_provenance(args.scorer_weights)})")
-    print("| run | start | GMACs/img | train s | test top-1 (%) | val top-1 per epoch |")
-    print("|---|---|---|---|---|---|")
+    print("| run | start | GMACs/img | epochs | train s | test top-1 (%) | val top-1 per epoch |")
+    print("|---|---|---|---|---|---|---|")
     for r in records:
         secs = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "-"
-        print(f"| {r['run']} | {r['start']} | {r['gmacs']} | {secs} | {r['test_top1']} | "
+        ep = str(r["epochs"]) if r["epochs_done"] == r["epochs"] else f"{r['epochs_done']} of {r['epochs']}"
+        print(f"| {r['run']} | {r['start']} | {r['gmacs']} | {ep} | {secs} | {r['test_top1']} | "
               f"{', '.join(f'{v:.1f}' for v in r['val_curve'])} |")
     if args.json:
         blob = json.dumps({"task": TASK, "scorer": args.scorer_weights, "runs": records}, indent=1).encode()
@@ -184,7 +218,8 @@ def main(argv=None) -> int:
         fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
         for r in records:
             ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], marker="o", ms=3,
-                    label=f"{r['run']}, {r['start']} ({r['gmacs']} GMACs)")
+                    label=f"{r['run']}, {r['start']} ({r['gmacs']} GMACs)"
+                    + ("" if r["epochs_done"] == r["epochs"] else f", {r['epochs_done']} of {r['epochs']} epochs"))
         ax.axhline(10, color="grey", lw=0.8, ls=":")
         ax.set_xlabel(f"epoch ({records[0]['train_images'] if records else 3000} images each)")
         ax.set_ylabel("val top-1 (%)")
