@@ -36,6 +36,6 @@ def test_tables_and_plots(tmp_path):
 def test_distilled_needs_its_teacher_run():
     p = argparse.ArgumentParser()
     demo.add_arguments(p)
-    args = p.parse_args(["--budgets", "64", "--out", "unused"])
-    with pytest.raises(QuadformerError, match="teacher is the glyphs vanilla N=256 run"):
+    args = p.parse_args(["--budgets", "64", "--out", "unused", "--quick"])
+    with pytest.raises(QuadformerError, match="teacher is the vanilla N=256 run"):
         demo.run(args)
