@@ -153,3 +153,22 @@ def test_frozen_scorer_keeps_eval_mode_and_builds_no_graph():
     x = _builtin(128)[:2].clone().requires_grad_(True)
     maps = fast.scorer(x, fast.geometry)
     assert all(not m.requires_grad and m.grad_fn is None for m in maps)
+
+
+def test_small_passes_share_one_stage2_call():
+    """One image and its blurs (batch 1): their stems go through stage2 together; the result
+    equals running each pass alone."""
+    from quadformer.tokenize.scorers.blur import downsample
+
+    fast = FeatureScorer("random", tap_stride=32)._inference_backbone()
+    x = _builtin(128)[:1]
+    passes = [x, (downsample(x, 2), 2), (downsample(x, 4), 4)]
+    calls = []
+    hook = fast._run
+    fast._run = lambda steps, vals: (calls.append(len(steps)), hook(steps, vals))
+    with torch.inference_mode():
+        together = fast.forward_passes(passes)
+        head_calls = calls.count(fast.split)
+        alone = torch.cat([fast.forward_passes([p]) for p in passes])
+    assert head_calls == 1 and calls.count(fast.split) == 4
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
