@@ -51,6 +51,8 @@ from quadformer.utils.io import write_json  # noqa: E402
 
 # size -> (p_min, p_max, target N)
 SETTINGS = {224: (16, 32, 100), 256: (16, 64, 100), 384: (16, 64, 144)}
+#: scorers timed in the tokenizer, forward, training and memory tables (--scorers)
+SCORERS = ["pixel-blur", "feature"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -167,7 +169,7 @@ def tokenizer_table(grid, batches, reps, device, dtype) -> list[dict]:
         n = legal_n(size, pmin, pmax, target)
         d, depth, heads = SIZES["small"]
         vit = timm_vit(d, depth, heads, n, pmin, device)
-        models = {s: quadformer(size, pmin, pmax, n, "small", s, device) for s in ("pixel-blur", "feature")}
+        models = {s: quadformer(size, pmin, pmax, n, "small", s, device) for s in SCORERS}
         gh, gw = uniform_grid_for_budget(n, (1, 1))
         for b in batches:
             x = torch.randn(b, 3, size, size, device=device, dtype=dtype)
@@ -189,7 +191,7 @@ def forward_table(grid, batches, reps, device, dtype, width="small") -> list[dic
     for size in grid:
         pmin, pmax, target = SETTINGS[size]
         n = legal_n(size, pmin, pmax, target)
-        models = {f"quadformer {s}": quadformer(size, pmin, pmax, n, width, s, device) for s in ("pixel-blur", "feature")}
+        models = {f"quadformer {s}": quadformer(size, pmin, pmax, n, width, s, device) for s in SCORERS}
         models[VANILLA] = uniform(size, pmin, n, width, device)
         for b in batches:
             x = torch.randn(b, 3, size, size, device=device, dtype=dtype)
@@ -215,7 +217,7 @@ def train_table(configs, reps, device, amp: bool) -> list[dict]:
     rows = []
     for width, size, pmin, pmax, n, b in configs:
         models = {f"quadformer {s}": quadformer(size, pmin, pmax, n, width, s, device, classes=10)
-                  for s in ("pixel-blur", "feature")}
+                  for s in SCORERS}
         models[VANILLA] = uniform(size, pmin, n, width, device, classes=10)
         x = torch.randn(b, 3, size, size, device=device)
         y = torch.randint(0, 10, (b,), device=device)
@@ -268,7 +270,7 @@ def memory_table(device, batch: int = 256, size: int = 384) -> list[dict]:
     x = torch.randn(batch, 3, size, size, device=device)
     input_mb = x.numel() * x.element_size() / 2**20
     rows = []
-    for s in ("pixel-blur", "feature"):
+    for s in SCORERS:
         m = quadformer(size, pmin, pmax, n, "small", s, device)
         with torch.inference_mode():
             m.tokenize(x[:2])  # warm caches (tables, weights) outside the measured call
@@ -330,7 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16", action="store_true", help="inference tables under bf16 autocast")
     ap.add_argument("--only", nargs="+", default=None, choices=("tokenizer", "forward", "train", "micro", "memory"))
     ap.add_argument("--json", type=Path, default=None, help="write every row as JSON")
+    ap.add_argument("--scorers", nargs="+", default=list(SCORERS), choices=("pixel-blur", "feature"),
+                    help="scorers of the tokenizer, forward, training and memory tables")
+    ap.add_argument("--sizes", nargs="+", type=int, default=None, choices=sorted(SETTINGS),
+                    help="image sizes of the tokenizer and forward tables (default: per mode)")
     args = ap.parse_args(argv)
+    SCORERS[:] = args.scorers
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("run_all.py: error: --device cuda but no CUDA device here", file=sys.stderr)
@@ -347,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         grid, batches, fwd_batches = ((224, 256, 384), (1, 64, 256), (1, 64)) if cuda else ((256, 384), (1, 64), (16,))
         train_cfgs = [("micro", 128, 8, 32, 64, 64), ("small", 256, 16, 64, 100, 64 if cuda else 16)]
+    if args.sizes:
+        grid = tuple(args.sizes)
     dtype = torch.float32
     only = set(args.only or ("tokenizer", "forward", "train", "micro") + (() if args.quick else ("memory",)))
     info = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),

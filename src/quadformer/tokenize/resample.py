@@ -8,7 +8,10 @@ sync), so the same code runs under ``torch.export``, ONNX and CUDA graphs. In ea
 CPU, :func:`gather_pixels` works through the batch a few images at a time, so that the
 multi-scale cell table of a chunk stays in cache; the selected rows are copied with one
 ``index_select`` and, given ``project``, embedded before the next chunk (the full-batch
-pixel tensor never exists; fresh large allocations cost page faults on CPU).
+pixel tensor never exists; fresh large allocations cost page faults on CPU). Inference on
+CPU goes further (:func:`gather_embed`): no cell table at all, each token's pixel rows are
+copied from the image or the pixel-blur scorer's pyramid and projected straight into the
+output.
 """
 
 from __future__ import annotations
