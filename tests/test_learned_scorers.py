@@ -188,6 +188,7 @@ def tiny_distilled(tmp_path_factory):
 def test_distill_recipe_writes_a_scorer_the_quadformer_loads(tiny_distilled):
     out, summary = tiny_distilled
     assert summary["train_images"] == 64 and summary["saliency"] == "gradcam"
+    assert summary["teacher_pretrain"] == "builtin:glyphs"
     import yaml
 
     # the teacher was fine-tuned from the glyphs-pretrained one (its head replaced: 10 -> 6 classes)
@@ -240,3 +241,30 @@ def test_saliency_net_context_layers_widen_the_view(tmp_path):
     SaliencyNet((4, 8, 8), 8)(x)[0, 0, 0].backward()
     assert x.grad[0, :, 40:].abs().sum() == 0 and SaliencyNet((4, 8, 8), 8).config() == {"widths": [4, 8, 8],
                                                                                           "stride": 8}
+
+
+@pytest.mark.parametrize("loss", ["bce", "bce+list"])
+def test_train_student_learns_where_the_target_is(loss):
+    """A bright square on noise, its cell the target: the student ranks that cell first on
+    new images, with either loss."""
+    from quadformer.train.saliency import train_student
+
+    g = torch.Generator().manual_seed(0)
+
+    def make(n):
+        x, t = torch.randn(n, 3, 16, 16, generator=g) * 0.3, torch.zeros(n, 4, 4)
+        cells = torch.randint(0, 16, (n,), generator=g)
+        for i, c in enumerate(cells.tolist()):
+            r, q = divmod(c, 4)
+            x[i, :, 4 * r:4 * r + 4, 4 * q:4 * q + 4] += 2.0
+            t[i, r, q] = 1.0
+        return x, t, cells
+
+    x, t, _ = make(64)
+    net, final = train_student(x, t, 4, (8, 16), epochs=20, lr=1e-2, batch_size=16, loss=loss)
+    xt, _, cells = make(32)
+    with torch.no_grad():
+        top = net(xt).flatten(1).argmax(1)
+    assert (top == cells).float().mean() >= 0.9 and final == final
+    with pytest.raises(QuadformerError, match="--student-loss 'mse'"):
+        train_student(x, t, 4, (8, 16), epochs=1, loss="mse")

@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="coarsest patch side of the Quadformers that will use it (default 4 x p-min)")
     g.add_argument("--saliency", choices=("gradcam", "inputgrad"), default="gradcam")
     g.add_argument("--student-epochs", type=positive_int, default=30)
+    g.add_argument("--student-loss", choices=("bce", "bce+list"), default="bce",
+                   help="bce+list adds a listwise (softmax over cells) term to the BCE")
+    g.add_argument("--context", type=nonneg_int, default=0,
+                   help="dilated layers widening the student's view (default 0: two measured no better)")
     g.add_argument("--seed", type=nonneg_int, default=0)
     g.add_argument("--from", dest="from_run", default=None, help="learned kind: the Quadformer run or weights")
 
@@ -100,8 +104,8 @@ def _distilled(args: argparse.Namespace) -> int:
                       teacher_epochs=args.teacher_epochs, train_size=args.train_size, image_size=args.image_size,
                       pretrain=None if args.pretrain.lower() == "none" else args.pretrain,
                       pretrain_epochs=args.pretrain_epochs, pretrain_size=args.pretrain_size, p_max=args.p_max,
-                      p_min=args.p_min, method=args.saliency, student_epochs=args.student_epochs, seed=args.seed,
-                      teacher_overrides=list(args.overrides))
+                      p_min=args.p_min, method=args.saliency, student_epochs=args.student_epochs,
+                      context=args.context, student_loss=args.student_loss, seed=args.seed, teacher_overrides=list(args.overrides))
     print(json.dumps(summary, indent=1))
     print(f"scorer weights: {summary['weights']}  (scorer=distilled, scorer_kwargs={{weights: {summary['weights']}}})")
     return 0

@@ -38,6 +38,7 @@ from .engine import build_dataset, train
 
 log = logging.getLogger(__name__)
 METHODS = ("gradcam", "inputgrad")
+LOSSES = ("bce", "bce+list")
 
 
 def cam_layer(model: nn.Module, p_min: int) -> tuple[nn.Module, Callable[[Tensor], Tensor] | None]:
@@ -105,10 +106,15 @@ def saliency_targets(model: nn.Module, dataset: Dataset, grid: tuple[int, int], 
 
 
 def train_student(images: Tensor, targets: Tensor, stride: int, widths=(8, 16, 32), epochs: int = 30,
-                  lr: float = 3e-3, batch_size: int = 64, seed: int = 0,
-                  context: int = 0) -> tuple[SaliencyNet, float]:
+                  lr: float = 3e-3, batch_size: int = 64, seed: int = 0, context: int = 0,
+                  loss: str = "bce") -> tuple[SaliencyNet, float]:
     """Fit a :class:`SaliencyNet` to ``targets`` (BCE on soft targets, random horizontal
-    flips of image and map together). Returns the net (eval mode) and the final loss."""
+    flips of image and map together). ``loss="bce+list"`` adds a listwise term, the
+    cross-entropy between the softmax over a map's cells and the target map as a
+    distribution (divided by log(cells)): the selection only uses the cells' order.
+    Returns the net (eval mode) and the final loss."""
+    if loss not in LOSSES:
+        raise QuadformerError(f"--student-loss {loss!r} is not one of {LOSSES}")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = SaliencyNet(widths, stride, context=context)
@@ -131,12 +137,17 @@ def train_student(images: Tensor, targets: Tensor, stride: int, widths=(8, 16, 3
             if logits.shape[-2:] != t.shape[-2:]:
                 raise QuadformerError(f"student map {tuple(logits.shape[-2:])} does not match the target grid "
                                       f"{tuple(t.shape[-2:])}; set the student stride to p_min")
-            loss = F.binary_cross_entropy_with_logits(logits, t)
+            value = F.binary_cross_entropy_with_logits(logits, t)
+            if loss == "bce+list":
+                q = t.flatten(1)
+                q = q / q.sum(1, keepdim=True).clamp_min(1e-12)
+                ce = -(q * F.log_softmax(logits.flatten(1), 1)).sum(1).mean()
+                value = value + ce / math.log(q.shape[1])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
+            total += value.item() * len(idx)
             count += len(idx)
         loss_avg = total / max(1, count)
         log.info("student epoch %d/%d: loss %.4f", ep + 1, epochs, loss_avg)
@@ -170,7 +181,8 @@ def distill(data: str, out: str | Path, *, teacher: str | None = None, teacher_m
             teacher_epochs: int = 4, pretrain: str | None = "builtin:glyphs", pretrain_epochs: int = 3,
             pretrain_size: int = 2000, train_size: int | None = 3000, image_size: int = 128, p_min: int = 8,
             p_max: int | None = None, method: str = "gradcam", student_epochs: int = 30, widths=(8, 16, 32),
-            context: int = 0, seed: int = 0, teacher_overrides: list[str] | None = None,
+            context: int = 0, student_loss: str = "bce", seed: int = 0,
+            teacher_overrides: list[str] | None = None,
             cache_dir: str | None = None) -> dict[str, Any]:
     """The whole recipe; writes ``<out>/scorer.safetensors`` and returns a summary.
 
@@ -181,6 +193,8 @@ def distill(data: str, out: str | Path, *, teacher: str | None = None, teacher_m
     t0 = time.perf_counter()
     if method not in METHODS:
         raise QuadformerError(f"--saliency {method!r} is not one of {METHODS}")
+    if student_loss not in LOSSES:
+        raise QuadformerError(f"--student-loss {student_loss!r} is not one of {LOSSES}")
     if p_min < 2 or p_min & (p_min - 1):
         raise QuadformerError(f"--p-min {p_min} is illegal: the scorer's map stride must be a power of two >= 2 "
                               f"(e.g. 8)")
@@ -190,7 +204,9 @@ def distill(data: str, out: str | Path, *, teacher: str | None = None, teacher_m
     num_classes = int(getattr(train_set, "num_classes", 0))
     if getattr(train_set, "multilabel", False):
         raise QuadformerError(f"{data} is multi-label; distillation needs a single-label task")
+    pretrained_on = None
     if teacher is None:
+        pretrained_on = pretrain
         ov = list(teacher_overrides or [])
         if pretrain:
             first = train_teacher(pretrain, out / "teacher_pretrain", teacher_model, pretrain_epochs, pretrain_size,
@@ -206,9 +222,11 @@ def distill(data: str, out: str | Path, *, teacher: str | None = None, teacher_m
     grid = (image_size // p_min, image_size // p_min)
     images, targets = saliency_targets(model, train_set, grid, method, p_min)
     t1 = time.perf_counter()
-    net, loss = train_student(images, targets, p_min, widths, student_epochs, seed=seed, context=context)
+    net, loss = train_student(images, targets, p_min, widths, student_epochs, seed=seed, context=context,
+                              loss=student_loss)
     path = out / "scorer.safetensors"
-    summary = {"data": data, "teacher": str(teacher), "saliency": method, "train_images": int(images.shape[0]),
+    summary = {"data": data, "teacher": str(teacher), "teacher_pretrain": pretrained_on, "saliency": method,
+               "student_loss_kind": student_loss, "train_images": int(images.shape[0]),
                "student_loss": round(loss, 5), "image_size": image_size, "p_min": p_min,
                "targets_seconds": round(t1 - t0, 1), "student_seconds": round(time.perf_counter() - t1, 1)}
     save_saliency_net(net, path, extra=summary)
