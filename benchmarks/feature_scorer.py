@@ -30,17 +30,16 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import run_all  # noqa: E402
-from run_all import SETTINGS, SIZES, legal_n, timm_vit, uniform  # noqa: E402
-from torch import nn  # noqa: E402
+import run_all
+import torch
+import torch.nn.functional as F
+from run_all import SETTINGS, SIZES, legal_n, timm_vit, uniform
+from torch import nn
 
-from quadformer.models.quadformer import Quadformer  # noqa: E402
-from quadformer.tokenize.scorers import FeatureScorer  # noqa: E402
-from quadformer.tokenize.tokenizer import uniform_grid_for_budget  # noqa: E402
-from quadformer.utils.io import write_json  # noqa: E402
-
+from quadformer.models.quadformer import Quadformer
+from quadformer.tokenize.scorers import FeatureScorer
+from quadformer.tokenize.tokenizer import uniform_grid_for_budget
+from quadformer.utils.io import write_json
 
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -90,8 +89,8 @@ def tokenizer_rows(sizes, batches, reps, clock="wall") -> list[dict]:
         for b in batches:
             x = torch.randn(b, 3, size, size)
             xs = torch.randn(b, 3, gh * pmin, gw * pmin)
-            fns = {f"tokenize {k}": (lambda m=m: m.tokenize(x)) for k, m in models.items()}
-            fns["ViT-S forward"] = lambda: vit(xs)
+            fns = {f"tokenize {k}": (lambda m=m, x=x: m.tokenize(x)) for k, m in models.items()}
+            fns["ViT-S forward"] = lambda vit=vit, xs=xs: vit(xs)
             with torch.inference_mode():
                 t = interleaved(fns, reps if b >= 16 else 4 * reps, clock)
             base = t["ViT-S forward"]["min"]

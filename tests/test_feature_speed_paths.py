@@ -33,12 +33,17 @@ SETTINGS = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photos(size: int) -> torch.Tensor | None:
     """The reference photos, shorter side resized to 292/256 of ``size``, centre crop, normalised."""
     from PIL import Image
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from torchvision.transforms.functional import center_crop, normalize, pil_to_tensor, resize
+    from torchvision.transforms.functional import (
+        center_crop,
+        normalize,
+        pil_to_tensor,
+        resize,
+    )
 
     files = sorted((REFERENCE_DATA / "images").glob("*.JPEG"))
     if not files:
@@ -51,7 +56,7 @@ def _photos(size: int) -> torch.Tensor | None:
     return torch.stack(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builtin(size: int) -> torch.Tensor:
     from quadformer.data import build_dataset
 

@@ -35,8 +35,8 @@ from .backbones import (
     shufflenet_backbone,
 )
 from .base import PatchScorer, to_grid
-from .blur import downsample as blur_down
 from .blur import blur
+from .blur import downsample as blur_down
 from .macs import count_macs, module_device_dtype
 
 #: ``precision=`` values: the backbone's compute dtype
