@@ -57,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="coarsest patch side of the Quadformers that will use it (default 4 x p-min)")
     g.add_argument("--saliency", choices=("gradcam", "inputgrad"), default="gradcam")
     g.add_argument("--student-epochs", type=positive_int, default=30)
-    g.add_argument("--student-loss", choices=("bce", "bce+list"), default="bce",
-                   help="bce+list adds a listwise (softmax over cells) term to the BCE")
+    g.add_argument("--student-loss", choices=("bce", "bce+list"), default="bce+list",
+                   help="BCE on the teacher's maps, plus a listwise term (softmax over cells; default)")
     g.add_argument("--context", type=nonneg_int, default=0,
                    help="dilated layers widening the student's view (default 0: two measured no better)")
     g.add_argument("--seed", type=nonneg_int, default=0)

@@ -10,7 +10,7 @@
    or the input gradient ``|d logit_y / d x|`` (Simonyan et al., 2014) pooled per cell; each
    map divided by its maximum.
 3. A small :class:`~quadformer.tokenize.scorers.SaliencyNet` regresses those maps (binary
-   cross-entropy on the soft targets, horizontal flips), and is written as a weights file
+   cross-entropy on the soft targets plus a listwise term, horizontal flips), and is written as a weights file
    that ``scorer="distilled", scorer_kwargs={"weights": path}`` loads. Labels are needed only
    here; the scorer uses none.
 """
@@ -181,7 +181,7 @@ def distill(data: str, out: str | Path, *, teacher: str | None = None, teacher_m
             teacher_epochs: int = 4, pretrain: str | None = "builtin:glyphs", pretrain_epochs: int = 3,
             pretrain_size: int = 2000, train_size: int | None = 3000, image_size: int = 128, p_min: int = 8,
             p_max: int | None = None, method: str = "gradcam", student_epochs: int = 30, widths=(8, 16, 32),
-            context: int = 0, student_loss: str = "bce", seed: int = 0,
+            context: int = 0, student_loss: str = "bce+list", seed: int = 0,
             teacher_overrides: list[str] | None = None,
             cache_dir: str | None = None) -> dict[str, Any]:
     """The whole recipe; writes ``<out>/scorer.safetensors`` and returns a summary.
