@@ -268,3 +268,13 @@ def test_train_student_learns_where_the_target_is(loss):
     assert (top == cells).float().mean() >= 0.9 and final == final
     with pytest.raises(QuadformerError, match="--student-loss 'mse'"):
         train_student(x, t, 4, (8, 16), epochs=1, loss="mse")
+
+
+def test_context_layers_survive_the_end_to_end_scorer_and_its_export(tmp_path):
+    torch.manual_seed(0)
+    net = SaliencyNet((4, 8, 8), 8, context=1)
+    scorer = LearnedScorer(weights=save_saliency_net(net, tmp_path / "c.safetensors"))
+    merged = scorer.merged_net()
+    x = torch.randn(1, 3, 64, 64)
+    assert merged.context == 1 and torch.allclose(merged(x), net(x))
+    assert DistilledScorer("random", widths=(4, 8, 8), context=2).net.context == 2

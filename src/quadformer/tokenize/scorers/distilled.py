@@ -139,7 +139,7 @@ class DistilledScorer(PatchScorer):
 
     Args:
         weights: a file from ``quadformer train-scorer --kind distilled`` (architecture read
-            from it), or ``'random'`` with ``widths``/``stride`` (e.g. before loading a
+            from it), or ``'random'`` with ``widths``/``stride``/``context`` (e.g. before loading a
             Quadformer checkpoint that holds the scorer under ``scorer.``).
         pool: how a cell of a coarser scale scores: ``'max'`` (any salient p_min cell inside
             makes it salient: small objects are not diluted) or ``'mean'``.
@@ -149,7 +149,7 @@ class DistilledScorer(PatchScorer):
     trainable = False
 
     def __init__(self, weights: str | os.PathLike | None = None, *, widths: Sequence[int] = (8, 16, 32),
-                 stride: int = 8, pool: str = "max") -> None:
+                 stride: int = 8, pool: str = "max", context: int = 0) -> None:
         super().__init__()
         if pool not in POOLS:
             raise QuadformerError(f"pool={pool!r} is not one of {POOLS}")
@@ -157,7 +157,7 @@ class DistilledScorer(PatchScorer):
             raise QuadformerError("the distilled scorer needs weights=<file> (train one with `quadformer "
                                   "train-scorer --kind distilled --data <spec>`) or weights='random'")
         if str(weights) == "random":
-            self.net, self.info = SaliencyNet(widths, stride), {}
+            self.net, self.info = SaliencyNet(widths, stride, context=context), {}
         else:
             self.net, self.info = load_saliency_net(weights)
         self.pool = pool

@@ -69,7 +69,7 @@ class LearnedScorer(DistilledScorer):
     Args:
         weights: ``'random'`` (default) or a distilled scorer file to start from (recommended:
             the straight-through signal refines a sensible mosaic faster than it finds one).
-        widths, stride, pool: as :class:`~.distilled.DistilledScorer`.
+        widths, stride, pool, context: as :class:`~.distilled.DistilledScorer`.
         gate_scale: multiplies the straight-through term.
         step_scale: the scorer's learning rate relative to the model's (see above).
     """
@@ -77,8 +77,9 @@ class LearnedScorer(DistilledScorer):
     trainable = True
 
     def __init__(self, weights: str | os.PathLike | None = "random", *, widths: Sequence[int] = (8, 16, 32),
-                 stride: int = 8, pool: str = "max", gate_scale: float = 1.0, step_scale: float = 0.1) -> None:
-        super().__init__(weights, widths=widths, stride=stride, pool=pool)
+                 stride: int = 8, pool: str = "max", gate_scale: float = 1.0, step_scale: float = 0.1,
+                 context: int = 0) -> None:
+        super().__init__(weights, widths=widths, stride=stride, pool=pool, context=context)
         self.gate_scale = float(gate_scale)
         self.step_scale = float(step_scale)
         self.net.requires_grad_(False)
@@ -93,7 +94,7 @@ class LearnedScorer(DistilledScorer):
 
     def merged_net(self) -> SaliencyNet:
         """A plain :class:`SaliencyNet` with the current weights (for export)."""
-        net = SaliencyNet(self.net.widths, self.net.stride)
+        net = SaliencyNet(**self.net.config())
         with torch.no_grad():
             net.load_state_dict({k: v.detach().clone() for k, v in self.effective_weights().items()})
         return net.eval()
