@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--saliency", choices=("gradcam", "inputgrad"), default="gradcam")
     g.add_argument("--student-epochs", type=positive_int, default=30)
     g.add_argument("--student-loss", choices=("bce", "bce+list"), default="bce+list",
-                   help="BCE on the teacher's maps, plus a listwise term (softmax over cells; default)")
+                   help="bce+list (default): BCE on the teacher's maps plus a listwise term (softmax over "
+                        "the cells); bce: BCE only")
     g.add_argument("--context", type=nonneg_int, default=0,
                    help="dilated layers widening the student's view (default 0: two measured no better)")
     g.add_argument("--seed", type=nonneg_int, default=0)
