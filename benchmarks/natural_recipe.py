@@ -14,7 +14,7 @@ glyphs task) with a new head:
 * ``resnet10t``, ``quadformer-scratch``: from scratch on the natural photos only.
 
 ``--epochs/--shift/--drop-path`` replace the recipe's values for every run (a folder per
-setting: ``OUT/<run>_e<epochs>[_shift<px>][_dp<rate>]``); ``--pretrained ARCH=CKPT`` uses a
+setting: ``OUT/<run>_e<epochs>[_shift<px>][_dp<rate>][_<scorer file stem>]``); ``--pretrained ARCH=CKPT`` uses a
 glyph-trained checkpoint instead of pretraining ARCH. Prints the validation curve of each run
 (top-1 per epoch), test top-1 on 1000 test images (backgrounds from photo regions never seen in
 training), GMACs per image and training seconds; writes ``--json OUT`` (one record per run, the
@@ -123,10 +123,11 @@ def record(name: str, cfg, out: Path, test, pretrained: str | None, log=print) -
 
 
 def scorer_provenance(weights: str) -> str:
-    """The scorer file's README.txt beside it, else its metadata (teacher, saliency, data)."""
-    readme = Path(weights).parent / "README.txt"
-    if readme.is_file():
-        return readme.read_text().strip()
+    """The scorer file's README (``<stem>.README.txt`` or ``README.txt`` beside it), else its
+    metadata (teacher, saliency, data)."""
+    for readme in (Path(weights).with_suffix(".README.txt"), Path(weights).parent / "README.txt"):
+        if readme.is_file():
+            return readme.read_text().strip()
     from safetensors import safe_open
 
     with safe_open(weights, "pt") as f:
@@ -174,7 +175,8 @@ def main(argv=None) -> int:
     for name in args.runs:
         model, n, kind, pre = RUNS[name]
         kwargs = run_kwargs(kind, recipe.model.kwargs, args.scorer_weights, drop_path)
-        folder = args.out / f"{name.replace('-', '_')}_{tag}"
+        scorer_tag = f"_{Path(args.scorer_weights).stem}" if kind == "quad" else ""
+        folder = args.out / f"{name.replace('-', '_')}_{tag}{scorer_tag}"
         over = model_overrides(model, n, kwargs) + fine + [f"output.dir={folder}"]
         start = None
         if pre:

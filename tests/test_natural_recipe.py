@@ -26,7 +26,7 @@ def test_recipe_configs_load_with_the_documented_overrides(tmp_path):
     assert pre.data.train == "builtin:glyphs" and pre.model.kwargs["scorer"] == "pixel-blur"
     assert cfg.model.name == pre.model.name  # the fine-tune keeps the pretrained backbone
     assert cfg.model.init_checkpoint == str(Path(pre.output.dir) / "last.pt")
-    assert cfg.model.kwargs["scorer"] == "distilled" and cfg.data.augment
+    assert cfg.model.kwargs["scorer"] == "distilled" and cfg.data.augment and cfg.data.shift > 0
     assert cfg.data.train_size is None  # an image folder is used whole
     user = load_config(RECIPE, ["data.train=imagefolder:some/dir", "model.num_patches=100", "train.epochs=20"])
     assert (user.data.train, user.model.num_patches, user.train.epochs) == ("imagefolder:some/dir", 100, 20)
