@@ -340,5 +340,4 @@ def test_ddp_locked_folder_stops_every_rank_at_once(tmp_path):
     assert two.returncode != 0
     assert two.stderr.count("is in use by another training run") == 2, two.stderr[-3000:]
     assert "quadformer/train" not in two.stderr  # no traceback of ours (torchrun prints its own summary)
-    assert two.stderr.count("exitcode  : 2") == 2
     assert not (out / "last.pt").exists()
