@@ -7,9 +7,9 @@ held-out test images:
 * ``glyphs``: small textured plates on smooth scenes (pixel-blur scorer);
 * ``natural-3k``: the same kind of plates on crops of real photos, a fixed set of 3000
   training images as a user's data set would be. The recipe (``benchmarks/natural_recipe.py``):
-  every natural run starts from the glyphs run of the same family and N (pretraining on a
-  built-in upstream task, then fine-tuning; from scratch when that run is not part of the
-  demo). Quadformers with pixel-blur and with the best label-free learned scorer: a saliency
+  every natural run starts from the glyphs run of the same family at the same or the nearest N
+  (pretraining on a built-in upstream task, then fine-tuning; from scratch when the family has
+  no glyphs run in the demo). Quadformers with pixel-blur and with the best label-free learned scorer: a saliency
   CNN distilled, on the natural training images, from the input gradient of the true class of
   the natural vanilla ViT at N=256 (the full-resolution run of the table, trained first: the
   teacher costs no extra run; with ``--quick`` the glyphs one); ``--scorer`` picks another one.
@@ -154,7 +154,10 @@ def run(args: argparse.Namespace) -> int:
             sub = "" if scorer in (None, "pixel-blur") else f"_{scorer}"
             run_dir = root / f"{family}_N{n}{sub}"
             weights = str(scorer_file) if scorer == LEARNED else None
-            init = out / "runs" / f"{family}_N{n}" / "last.pt" if task == NATURAL and (family, n) in first else None
+            init = None
+            if task == NATURAL:  # the glyphs run of the same family, at this N or the nearest (weights fit any N)
+                ns = sorted((m for f, m in first if f == family), key=lambda m: (abs(m - n), m))
+                init = out / "runs" / f"{family}_N{ns[0]}" / "last.pt" if ns else None
             cfg = load_config(None, _overrides(task, name, n, scorer, weights, size, ep, cache, run_dir, args.seed,
                                                init))
             if weights is None and init is None:
