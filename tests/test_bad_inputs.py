@@ -469,6 +469,10 @@ def cases(w) -> list[Case]:
     for f in (ck / "other_arch.pth", w["export"]):
         kw = f"model.kwargs={{embed_dim: 32, depth: 2, num_heads: 2, scorer: distilled, scorer_kwargs: {{weights: {f}}}}}"
         c.append(Case(f"train-distilled-weights-{f.name}", ["train", "--out", O, *MICRO, *TINY_DATA, kw], f.name))
+    # options added with the natural-photo recipe and the fast feature scorer
+    c.append(Case("train-negative-shift", ["train", "--out", O, *MICRO, *TINY_DATA, "data.shift=-3"], "data.shift=-3"))
+    kw = "model.kwargs={embed_dim: 32, depth: 2, num_heads: 2, scorer: feature, scorer_kwargs: {precision: fp8}}"
+    c.append(Case("train-feature-precision", ["train", "--out", O, *MICRO, *TINY_DATA, kw], "'fp8'"))
 
     # -- 5. configs and overrides: train, pretrain, train-scorer --
     cfg_cmds = {
