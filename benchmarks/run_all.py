@@ -5,7 +5,11 @@ the compared callables, min and median of k), so ratios hold on a shared machine
 
 * tokenizer: ``Quadformer.tokenize()`` (score, select, resample, embed) for the pixel-blur
   and feature scorers (feature with ``weights="random"``: same compute as trained weights),
-  with its ratio to the forward of a timm ViT of the same width on N uniform tokens;
+  with its ratio to the forward of a timm ViT of the same width on N uniform tokens, beside
+  that ViT's own patch embedding (the part the tokenizer replaces: its floor, since both
+  project N tokens of ``3*p_min^2`` pixels);
+* tokenizer stages: the scorer, the quadtree selection and the embedding (resample, project,
+  positions) of ``tokenize()``, each as a share of the whole call;
 * model forward: the Quadformer vs the vanilla ViT at equal N (``UniformViT``);
 * training step (forward, backward, AdamW) of the same pairs;
 * micro models at 128 px: img/s of the Quadformer at N=64 vs the vanilla ViT at N=64 and N=256;
@@ -175,6 +179,7 @@ def tokenizer_table(grid, batches, reps, device, dtype) -> list[dict]:
             x = torch.randn(b, 3, size, size, device=device, dtype=dtype)
             xs = torch.randn(b, 3, gh * pmin, gw * pmin, device=device, dtype=dtype)
             fns = {f"tokenize {s}": (lambda m=m: m.tokenize(x)) for s, m in models.items()}
+            fns["ViT-S patch embed"] = lambda: vit.patch_embed(xs)  # what the tokenizer replaces
             fns["ViT-S forward"] = lambda: vit(xs)
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=dtype == torch.bfloat16):
                 t = interleaved(fns, reps if b >= 16 else 4 * reps, device)
@@ -183,6 +188,40 @@ def tokenizer_table(grid, batches, reps, device, dtype) -> list[dict]:
                 r = _row(k, t[k], b, mem[k], t["ViT-S forward"] if k != "ViT-S forward" else None)
                 rows.append({"table": "tokenizer", "size": size, "p_min": pmin, "p_max": pmax, "N": n, **r})
             _print_rows(rows[-len(fns):])
+    return rows
+
+
+def stages_table(grid, batches, reps, device, dtype) -> list[dict]:
+    """Where ``tokenize()`` spends its time: the model's own stages, each timed on its own inputs
+    (``select_cells``' scores and index computed once): the scorer, the quadtree selection, and
+    ``embed_cells`` (resample, patch projection, positions, cls); ratio to the whole call."""
+    from quadformer.tokenize.quadtree import select_tokens
+
+    rows = []
+    for size in grid:
+        pmin, pmax, target = SETTINGS[size]
+        n = legal_n(size, pmin, pmax, target)
+        for s in SCORERS:
+            m = quadformer(size, pmin, pmax, n, "small", s, device)
+            g = m.geometry
+            for b in batches:
+                x = torch.randn(b, 3, size, size, device=device, dtype=dtype)
+                with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16,
+                                                            enabled=dtype == torch.bfloat16):
+                    index, pyramid = m.select_cells(x)
+                    kw = {} if pyramid is None else {"pyramid": {}}
+                    scores = m.scorer(x, g, **kw)
+                    fns = {f"{s}: score": lambda: m.scorer(x, g, **({} if pyramid is None else {"pyramid": {}})),
+                           f"{s}: select (quadtree)": lambda: select_tokens(scores, g, b, x.device),
+                           f"{s}: embed (resample, project, positions)": lambda: m.embed_cells(x, index, pyramid),
+                           f"{s}: tokenize()": lambda: m.tokenize(x)}
+                    t = interleaved(fns, reps if b >= 16 else 4 * reps, device)
+                total = t[f"{s}: tokenize()"]
+                for k in fns:
+                    r = _row(k, t[k], b, None, total if not k.endswith("tokenize()") else None)
+                    rows.append({"table": "tokenizer stages (ratio: share of tokenize())", "size": size,
+                                 "p_min": pmin, "p_max": pmax, "N": n, **r})
+                _print_rows(rows[-len(fns):])
     return rows
 
 
@@ -329,8 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_true", help="one setting per table (a few minutes on 2 cores)")
     mode.add_argument("--full", action="store_true", help="224/256/384 px, batch 1/16/64/256 (long on CPU)")
     ap.add_argument("--reps", type=int, default=None, help="interleaved rounds (default 5, 3 with --quick)")
+    ap.add_argument("--batches", nargs="+", type=int, default=None,
+                    help="batch sizes of the tokenizer, stages and micro tables (default: per mode)")
     ap.add_argument("--bf16", action="store_true", help="inference tables under bf16 autocast")
-    ap.add_argument("--only", nargs="+", default=None, choices=("tokenizer", "forward", "train", "micro", "memory"))
+    ap.add_argument("--only", nargs="+", default=None, choices=("tokenizer", "stages", "forward", "train", "micro", "memory"))
     ap.add_argument("--json", type=Path, default=None, help="write every row as JSON")
     ap.add_argument("--scorers", nargs="+", default=list(SCORERS), choices=("pixel-blur", "feature"),
                     help="scorers of the tokenizer, forward, training and memory tables")
@@ -356,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         train_cfgs = [("micro", 128, 8, 32, 64, 64), ("small", 256, 16, 64, 100, 64 if cuda else 16)]
     if args.sizes:
         grid = tuple(args.sizes)
+    micro_batches = (1, 64)
+    if args.batches:
+        batches = micro_batches = tuple(args.batches)
     dtype = torch.float32
-    only = set(args.only or ("tokenizer", "forward", "train", "micro") + (() if args.quick else ("memory",)))
+    only = set(args.only or ("tokenizer", "forward", "train", "micro") + (() if args.quick else ("stages", "memory")))
     info = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "reps": reps, "bf16": args.bf16,
             "memory": "cuda max_memory_allocated delta" if cuda else "RSS high-water-mark delta (VmHWM)",
@@ -367,12 +411,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if "tokenizer" in only:
         rows += tokenizer_table(grid, batches, reps, device, torch.bfloat16 if args.bf16 else dtype)
+    if "stages" in only:
+        rows += stages_table(grid[:1] if not args.full else grid, batches, reps, device,
+                             torch.bfloat16 if args.bf16 else dtype)
     if "forward" in only:
         rows += forward_table(grid, fwd_batches, reps, device, torch.bfloat16 if args.bf16 else dtype)
     if "train" in only:
         rows += train_table(train_cfgs, reps, device, amp=args.bf16)
     if "micro" in only:
-        rows += micro_table((1, 64), reps, device)
+        rows += micro_table(micro_batches, reps, device)
     if "memory" in only:
         rows += memory_table(device)
     info["load_end"] = os.getloadavg()[0]

@@ -157,14 +157,25 @@ class MosaicEmbedding:
     def embed_mosaic(self, images: Tensor, **scorer_inputs: Any) -> tuple[Tensor, Tensor]:
         """Images -> (embedded tokens incl. prefix ``[B, P+N, D]``, cell index ``[B, N]``):
         score and select (no grad), resample, patch-embed, add positions, prepend cls."""
-        g = self.geometry
+        index, pyramid = self.select_cells(images, **scorer_inputs)
+        return self.embed_cells(images, index, pyramid), index
+
+    def select_cells(self, images: Tensor, **scorer_inputs: Any) -> tuple[Tensor, dict[int, Tensor] | None]:
+        """The first stage of :meth:`embed_mosaic`: score and select, ``index [B, N]``, and the
+        scorer's down-scaled images (``pyramid``, eager CPU with ``resample="reference"`` and a
+        scorer that shares it; else ``None``) for :meth:`embed_cells` to reuse."""
         pyramid: dict[int, Tensor] | None = None
         if (images.device.type == "cpu" and self.resample == "reference" and not is_tracing()
                 and getattr(self.scorer, "shares_pyramid", False)):
             pyramid = {}  # the scorer's down-scaled images, reused by the gather
             scorer_inputs = {**scorer_inputs, "pyramid": pyramid}
+        return select(images, self.geometry, self.scorer, **scorer_inputs), pyramid
+
+    def embed_cells(self, images: Tensor, index: Tensor, pyramid: dict[int, Tensor] | None = None) -> Tensor:
+        """The second stage of :meth:`embed_mosaic`: resample the cells ``index``, patch-embed,
+        add positions, prepend cls: ``[B, P+N, D]``."""
+        g = self.geometry
         if self._direct_embedding(images):  # eager CPU inference: one fused pass (issue 13)
-            index = select(images, g, self.scorer, **scorer_inputs)
             proj = self.patch_embed.proj
             cell_bias = self.pos_table.table(g, images.device)
             if proj.bias is not None:
@@ -172,8 +183,7 @@ class MosaicEmbedding:
             prefix = None
             if self.cls_token is not None:
                 prefix = (self.cls_token if self.cls_pos is None else self.cls_token + self.cls_pos)[0]
-            return gather_embed(images, index, g, proj.weight, cell_bias, prefix, self.resample, pyramid), index
-        index = select(images, g, self.scorer, **scorer_inputs)
+            return gather_embed(images, index, g, proj.weight, cell_bias, prefix, self.resample, pyramid)
         t = gather_pixels(images, index, g, self.resample, project=self.patch_embed, pyramid=pyramid)  # chunked on CPU
         if getattr(self.scorer, "trainable", False):  # end-to-end scorer: straight-through gate
             t = self.scorer.gate(t, index, g, images)
@@ -181,7 +191,7 @@ class MosaicEmbedding:
         if self.cls_token is not None:
             cls = self.cls_token if self.cls_pos is None else self.cls_token + self.cls_pos
             t = torch.cat([cls.expand(t.shape[0], -1, -1).to(t.dtype), t], 1)
-        return t, index
+        return t
 
 
 class Tokenizer(MosaicEmbedding, nn.Module):
