@@ -177,3 +177,101 @@ def test_small_passes_share_one_stage2_call():
         alone = torch.cat([fast.forward_passes([p]) for p in passes])
     assert head_calls == 1 and calls.count(fast.split) == 4
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+
+
+# -- the fast setting: backbone at half the image size, tap stride halved (docs/scorers.md) --------
+
+HALF = {"weights": "random", "tap_stride": 8, "input_scale": 0.5}
+
+
+@pytest.mark.parametrize("r", [0.5, 0.25, 0.75, 2.0])
+def test_resized_passes_equal_the_resize_of_the_full_size_blurs(r):
+    from quadformer.tokenize.scorers.rescale import resized
+
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    size = (round(64 * r), round(96 * r))
+    for j in range(3):
+        ref = x if j == 0 else blur_reference(x, j)
+        ref = F.interpolate(ref, size=size, mode="bilinear", align_corners=False, antialias=r < 1)
+        got = resized(x, 2**j, size)
+        assert got.shape == ref.shape
+        assert (got - ref).abs().max() <= 2e-5 * ref.abs().max(), (r, j)
+
+
+def test_half_scale_setting_grids_macs_determinism_and_definition():
+    """The default's score grids at under a tenth of its MACs, the same maps twice, and
+    the definition ``mean_c (F(R blur_j x) - F(R x))^2`` with R the antialiased half-size resize."""
+    torch.manual_seed(0)
+    q = Quadformer(img_size=256, patch_size=16, max_patch_size=64, num_patches=100, embed_dim=32, depth=1,
+                   num_heads=2, num_classes=10, scorer="feature", scorer_kwargs=HALF).eval()
+    default = FeatureScorer("random", tap_stride=32)
+    sc, g = q.scorer, q.geometry
+    assert sc.effective_stride == 16 and default.effective_stride == 32  # a finer map, pooled onto the grids
+    assert sc.gmacs(g) < 0.1 * default.gmacs(g)
+    assert sc.gmacs(g) == pytest.approx(3 * FeatureScorer("random", tap_stride=8).backbone_gmacs(128, 128))
+    x = _builtin(256)[:4]
+    with torch.inference_mode():
+        maps = sc(x, g)
+        again = sc(x, g)
+        _, idx = q.tokenize(x)
+        _, idx2 = q.tokenize(x)
+        f0 = sc.backbone(F.interpolate(x, size=(128, 128), mode="bilinear", antialias=True))
+        for j, m in enumerate(maps, start=1):
+            assert m.shape == (4, *g.grid(j)) == default(x, g)[j - 1].shape
+            torch.testing.assert_close(m, again[j - 1], rtol=0, atol=0)
+            xb = F.interpolate(blur_reference(x, j), size=(128, 128), mode="bilinear", antialias=True)
+            ref = F.adaptive_avg_pool2d((sc.backbone(xb) - f0).square().mean(1, keepdim=True), g.grid(j))
+            assert (m - ref.squeeze(1)).abs().max() <= 1e-4 * ref.abs().max()
+    assert torch.equal(idx, idx2) and idx.shape == (4, 100)
+
+
+def test_half_scale_setting_exported_graph_equals_eager():
+    """torch.export traces the plain path (the frozen modules, F.interpolate): same cells, close maps."""
+    torch.manual_seed(0)
+    q = Quadformer(img_size=128, patch_size=8, max_patch_size=32, num_patches=64, embed_dim=32, depth=1,
+                   num_heads=2, num_classes=10, scorer="feature", scorer_kwargs=HALF).eval()
+
+    class Index(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model.tokenize(x)[1]
+
+    x = _builtin(128)[:3]
+    ep = torch.export.export(Index(q), (x,))
+    with torch.no_grad():
+        assert torch.equal(ep.module()(x), q.tokenize(x)[1])
+
+
+def test_half_scale_setting_through_the_model_factory():
+    """The setting as a config gives it: ``model.kwargs={scorer: feature, scorer_kwargs: {...}}``."""
+    from quadformer.models.factory import build_model, model_gmacs
+
+    kw = {"embed_dim": 32, "depth": 1, "num_heads": 2, "scorer": "feature"}
+    fast = build_model("quadformer_micro_patch8_128", 10, 128, 64, kwargs={**kw, "scorer_kwargs": HALF})
+    full = build_model("quadformer_micro_patch8_128", 10, 128, 64,
+                       kwargs={**kw, "scorer_kwargs": {"weights": "random", "tap_stride": 16}})
+    assert fast.scorer.input_scale == 0.5 and fast.scorer.stride == 8
+    assert model_gmacs(fast, 128)[0] < model_gmacs(full, 128)[0]
+    with torch.inference_mode():
+        assert fast.eval()(_builtin(128)[:2]).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"input_scale": 0}, "input_scale=0"),
+    ({"input_scale": -0.5}, "input_scale=-0.5"),
+    ({"input_scale": float("nan")}, "input_scale=nan"),
+    ({"input_scale": "half"}, "input_scale='half'"),
+    ({"input_scale": True}, "input_scale=True"),
+    ({"tap_stride": 12}, "tap_stride=12"),
+    ({"error": "l1"}, "error='l1'"),
+    ({"chunk_size": 0}, "chunk_size=0"),
+    ({"tap_stride": 32, "input_scale": 0.5, "p_min": 16}, "tap_stride=16"),
+])
+def test_bad_settings_are_one_line_errors(kw, needle):
+    with pytest.raises(QuadformerError) as e:
+        FeatureScorer("random", **kw)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg

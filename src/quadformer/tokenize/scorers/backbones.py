@@ -58,7 +58,7 @@ class TimmTap(nn.Module):
         super().__init__()
         reductions = list(model.feature_info.reduction())
         if tap_stride not in reductions:
-            raise ValueError(f"timm model has feature strides {reductions}, not tap_stride={tap_stride}")
+            raise QuadformerError(f"timm model has feature strides {reductions}, not tap_stride={tap_stride!r}")
         self.model = model
         self.index = reductions.index(tap_stride)
         self.stride = tap_stride
@@ -135,8 +135,9 @@ def shufflenet_backbone(tap_stride: int = 32, weights: str | os.PathLike | None 
     ``features_only`` backbone of that name is returned instead) or ``'random'``.
     ``None`` raises: a scorer with silently random or downloaded weights is a trap.
     """
-    if tap_stride not in SHUFFLENET_TAPS:
-        raise ValueError(f"ShuffleNetV2 taps are at strides {sorted(SHUFFLENET_TAPS)}, got tap_stride={tap_stride}")
+    if isinstance(tap_stride, bool) or tap_stride not in SHUFFLENET_TAPS:
+        raise QuadformerError(f"feature scorer: tap_stride={tap_stride!r} is not a ShuffleNetV2 tap; use one of "
+                              f"{sorted(SHUFFLENET_TAPS)}")
     if weights is None:
         raise QuadformerError(f"the feature scorer's backbone has no weights: {WEIGHTS_HELP}")
     if isinstance(weights, str) and weights.startswith("timm:"):

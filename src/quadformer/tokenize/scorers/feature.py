@@ -13,6 +13,7 @@ the scorer as ``self.scorer`` they appear as ``scorer.backbone.<torchvision key>
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -38,6 +39,7 @@ from .base import PatchScorer, to_grid
 from .blur import blur
 from .blur import downsample as blur_down
 from .macs import count_macs, module_device_dtype
+from .rescale import resized
 
 #: ``precision=`` values: the backbone's compute dtype
 PRECISIONS = ("float32", "bfloat16")
@@ -123,11 +125,14 @@ class FeatureScorer(PatchScorer):
         if precision not in PRECISIONS:
             raise QuadformerError(f"feature scorer: precision={precision!r} is not one of {PRECISIONS}")
         if error not in ("mse", "cosine"):
-            raise ValueError(f"error must be 'mse' or 'cosine', got {error!r}")
-        if not input_scale > 0:
-            raise ValueError(f"input_scale must be > 0, got {input_scale}")
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+            raise QuadformerError(f"feature scorer: error={error!r} is not one of ('mse', 'cosine')")
+        if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)) \
+                or not math.isfinite(input_scale) or not input_scale > 0:
+            raise QuadformerError(f"feature scorer: input_scale={input_scale!r} must be a number > 0 "
+                                  "(e.g. 0.5: the backbone sees the image at half size, see docs/scorers.md)")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                       or chunk_size < 1):
+            raise QuadformerError(f"feature scorer: chunk_size={chunk_size!r} must be an int >= 1 or None")
         if backbone is None:
             backbone = shufflenet_backbone(tap_stride, weights)
             self.default_taps = True
@@ -178,7 +183,7 @@ class FeatureScorer(PatchScorer):
             if taps
             else f"a shallower tap (stride <= {2 * p_min * self.input_scale:g} at input_scale={self.input_scale:g})"
         )
-        raise ValueError(
+        raise QuadformerError(
             f"feature scorer: effective backbone stride {eff:g} (stride {self.stride} / input_scale "
             f"{self.input_scale:g}) exceeds 2*p_min = {2 * p_min} for p_min={p_min}; the feature map would "
             f"be coarser than the scale-1 grid. Use {tap_hint} or a larger input_scale (>= {need_r:g})"
@@ -265,18 +270,22 @@ class FeatureScorer(PatchScorer):
         backbone = self.backbone if is_tracing() else self._inference_backbone(low)
         fast = isinstance(backbone, FastShuffleNet)
         passes: list = [x]
-        for j in range(1, n + 1):
-            f = 2**j
-            if fast and self.input_scale == 1.0 and f in backbone.UPSAMPLED and h % f == 0 and w % f == 0:
-                passes.append((blur_down(x, f), f))  # the backbone up-samples it inside its stem
-            else:
-                passes.append(blur(x, j))
-        if self.input_scale != 1.0:
-            size = (round(h * self.input_scale), round(w * self.input_scale))
-            passes = [
-                F.interpolate(p, size=size, mode="bilinear", align_corners=False, antialias=self.input_scale < 1)
-                for p in passes
-            ]
+        size = (round(h * self.input_scale), round(w * self.input_scale))
+        if self.input_scale != 1.0 and not is_tracing() and h % 2**n == 0 and w % 2**n == 0:
+            # resized straight from each blur's small image (no full-size blur; equal up to rounding)
+            passes = [resized(x, 2**j, size) for j in range(n + 1)]
+        else:
+            for j in range(1, n + 1):
+                f = 2**j
+                if fast and self.input_scale == 1.0 and f in backbone.UPSAMPLED and h % f == 0 and w % f == 0:
+                    passes.append((blur_down(x, f), f))  # the backbone up-samples it inside its stem
+                else:
+                    passes.append(blur(x, j))
+            if self.input_scale != 1.0:
+                passes = [
+                    F.interpolate(p, size=size, mode="bilinear", align_corners=False, antialias=self.input_scale < 1)
+                    for p in passes
+                ]
         device, dtype = module_device_dtype(self.backbone)
         passes = [
             (p[0].to(device=device, dtype=dtype), p[1]) if isinstance(p, tuple) else p.to(device=device, dtype=dtype)
