@@ -10,8 +10,9 @@ rounding, |diff| < 1e-6): down-sampling averages the two middle source pixels of
 ``f``-block per axis (source coordinate ``o*f + f/2 - 0.5``); up-sampling gives output
 ``i*f + k`` the two-tap mix of small pixels ``i-1, i`` or ``i, i+1`` at offset
 ``(k + 0.5)/f - 0.5``, with edge pixels replicated (the clamping of ``align_corners=False``).
-Eager mode computes every row phase ``k`` of the up-sampling in one ``lerp`` (a strided view
-of the padded rows and a per-phase weight tensor): the same values, one pass (issue 13).
+Eager mode pads nothing: phase ``q`` of an up-sampled axis is ``lerp(s[j], s[j+1], (q+0.5)/f)``
+of two shifted views, all row phases in one ``lerp``, and only the ``f/2`` outer pixels per
+side copy the edge (issue 13). The traced form pads and stacks; both give the same values.
 """
 
 from __future__ import annotations
@@ -37,77 +38,85 @@ def _up_taps(f: int) -> list[tuple[int, float]]:
     return taps
 
 
-_ROW_WEIGHTS: dict[tuple[int, torch.dtype, str], Tensor] = {}
+_PHASE_WEIGHTS: dict[tuple[int, torch.dtype, str], Tensor] = {}
 
 
-def _row_weights(f: int, like: Tensor) -> Tensor:
-    """``[2, f/2, 1]`` weights of the row phases (first half reads rows ``i-1, i``, second half
-    ``i, i+1``), cached per (factor, dtype, device)."""
+def _phase_weights(f: int, like: Tensor) -> Tensor:
+    """``[f, 1]`` weights ``(q + 0.5)/f`` of the up-sampling phases, cached per (factor,
+    dtype, device)."""
     key = (f, like.dtype, str(like.device))
-    w = _ROW_WEIGHTS.get(key)
+    w = _PHASE_WEIGHTS.get(key)
     if w is None:
-        w = torch.tensor([wt for _, wt in _up_taps(f)], dtype=like.dtype, device=like.device).view(2, f // 2, 1)
-        _ROW_WEIGHTS[key] = w
+        w = torch.tensor([(q + 0.5) / f for q in range(f)], dtype=like.dtype, device=like.device).view(f, 1)
+        _PHASE_WEIGHTS[key] = w
     return w
 
 
 def _up_cols(s: Tensor, f: int, out: Tensor | None = None) -> Tensor:
     n = s.shape[-1]
-    sp = torch.cat([s[..., :1], s, s[..., -1:]], dim=-1)
     if is_tracing():  # the same lerps, stacked: no out= into views (torch.compile fullgraph)
+        sp = torch.cat([s[..., :1], s, s[..., -1:]], dim=-1)
         return torch.stack([torch.lerp(sp[..., o:o + n], sp[..., o + 1:o + 1 + n], w) for o, w in _up_taps(f)],
                            -1).flatten(-2)
-    out = s.new_empty(*s.shape, f) if out is None else out.view(*s.shape, f)
-    for k, (o, w) in enumerate(_up_taps(f)):  # strided writes beat every one-op form here
-        torch.lerp(sp[..., o:o + n], sp[..., o + 1:o + 1 + n], w, out=out[..., k])
-    return out.flatten(-2)
+    out = s.new_empty(*s.shape[:-1], n * f) if out is None else out
+    return up_cols_into(s, f, out)
 
 
 def _up_rows(s: Tensor, f: int, out: Tensor | None = None) -> Tensor:
     n = s.shape[-2]
-    sp = torch.cat([s[..., :1, :], s, s[..., -1:, :]], dim=-2)
     if is_tracing():
+        sp = torch.cat([s[..., :1, :], s, s[..., -1:, :]], dim=-2)
         return torch.stack([torch.lerp(sp[..., o:o + n, :], sp[..., o + 1:o + 1 + n, :], w)
                             for o, w in _up_taps(f)], -2).flatten(-3, -2)
-    return _up_padded_rows(sp, f, out)
+    out = s.new_empty(*s.shape[:-2], n * f, s.shape[-1]) if out is None else out
+    return up_rows_into(s, f, out)
 
 
-def _up_padded_rows(sp: Tensor, f: int, out: Tensor | None = None) -> Tensor:
-    """Row up-sampling of edge-padded rows ``[..., n+2, W]`` in one ``lerp``: phase
-    ``k = half*f/2 + j`` of row ``i`` reads padded rows ``i+half`` and ``i+half+1``."""
-    *lead, n2, w = sp.shape
-    n = n2 - 2
-    st = sp.stride()
-    shape = (*lead, n, 2, f // 2, w)
-    strides = (*st[:-2], st[-2], st[-2], 0, st[-1])
-    lo = sp.as_strided(shape, strides, sp.storage_offset())
-    hi = sp.as_strided(shape, strides, sp.storage_offset() + st[-2])
-    out = sp.new_empty(shape) if out is None else out.view(shape)
-    torch.lerp(lo, hi, _row_weights(f, sp), out=out)
-    return out.view(*lead, n * f, w)
+def up_cols_into(s: Tensor, f: int, out: Tensor) -> Tensor:
+    """Eager column up-sampling of ``s [..., n]`` by ``f`` into ``out [..., n*f]``, no padded copy.
+
+    Output ``f/2 + j*f + q`` (``q < f``) is ``lerp(s[j], s[j+1], (q + 0.5)/f)`` for every
+    phase, so each phase is one ``lerp`` of two shifted views of ``s`` written with stride
+    ``f``; the ``f/2`` outer columns on each side are the edge pixels (the clamping of
+    ``align_corners=False``). The same values as the padded form."""
+    n = s.shape[-1]
+    h = f // 2
+    inner = out[..., h:n * f - h].unflatten(-1, (n - 1, f))
+    lo, hi = s[..., :-1], s[..., 1:]
+    for q in range(f):  # strided writes beat every one-op form here
+        torch.lerp(lo, hi, (q + 0.5) / f, out=inner[..., q])
+    edge = out.as_strided((*out.shape[:-1], 2, h), (*out.stride()[:-1], (n * f - h) * out.stride(-1), out.stride(-1)),
+                          out.storage_offset())
+    edge.copy_(_edges(s, -1).unsqueeze(-1))
+    return out
+
+
+def up_rows_into(s: Tensor, f: int, out: Tensor) -> Tensor:
+    """Eager row up-sampling of ``s [..., n, W]`` by ``f`` into ``out [..., n*f, W]`` in one
+    ``lerp``: rows ``f/2 + i*f + q`` mix rows ``i, i+1`` with the weight ``(q + 0.5)/f`` (a
+    ``[f, 1]`` tensor broadcast over stride-0 views), then the edge rows are copied."""
+    n, w = s.shape[-2:]
+    h = f // 2
+    inner = out[..., h:n * f - h, :].unflatten(-2, (n - 1, f))
+    torch.lerp(s[..., :-1, None, :], s[..., 1:, None, :], _phase_weights(f, s), out=inner)
+    st = out.stride()
+    edge = out.as_strided((*out.shape[:-2], 2, h, w), (*st[:-2], (n * f - h) * st[-2], st[-2], st[-1]),
+                          out.storage_offset())
+    edge.copy_(_edges(s, -2).unsqueeze(-2))
+    return out
 
 
 def blur_into(x: Tensor, f: int, out: Tensor, work: Tensor, small: Tensor | None = None) -> Tensor:
     """Eager-CPU ``blur`` by the factor ``f`` of ``x [B, C, H, W]`` written into ``out`` (same
-    shape), with the padded intermediates in ``work`` (a flat buffer of at least
-    ``B*C*(H/f+2)*(W + W/f+2)`` elements), so that chunked callers allocate nothing per call
-    (fresh large CPU allocations cost page faults). ``small``: ``downsample(x, f)`` if the
-    caller has it. The same values as :func:`blur`."""
+    shape), with the column-up-sampled image in ``work`` (a flat buffer of at least
+    ``B*C*H*W/f`` elements), so that chunked callers allocate nothing per call (fresh large
+    CPU allocations cost page faults). ``small``: ``downsample(x, f)`` if the caller has it.
+    The same values as :func:`blur`."""
     b, c, h, w = x.shape
-    hs, ws = h // f, w // f
-    n_small = b * c * hs * (ws + 2)
-    sp = work[:n_small].view(b, c, hs, ws + 2)  # columns padded by one replicated pixel
     if small is None:
-        small = downsample(x, f, out=sp[..., 1:ws + 1])
-    else:
-        sp[..., 1:ws + 1].copy_(small)
-    _edges(sp, -1).copy_(_edges(small, -1))  # replicate the first and last column
-    cp = work[n_small:n_small + b * c * (hs + 2) * w].view(b, c, hs + 2, w)  # rows padded
-    cols = cp[:, :, 1:hs + 1].view(b, c, hs, ws, f)
-    for k, (o, wt) in enumerate(_up_taps(f)):
-        torch.lerp(sp[..., o:o + ws], sp[..., o + 1:o + 1 + ws], wt, out=cols[..., k])
-    _edges(cp, -2).copy_(_edges(cols.view(b, c, hs, w), -2))  # and the first and last row
-    return _up_padded_rows(cp, f, out)
+        small = downsample(x, f)
+    cols = up_cols_into(small, f, work[:b * c * (h // f) * w].view(b, c, h // f, w))
+    return up_rows_into(cols, f, out)
 
 
 def _edges(t: Tensor, dim: int) -> Tensor:

@@ -40,38 +40,46 @@ class PixelBlurScorer(PatchScorer):
         # On CPU, chunks of a few images keep the full-resolution temporaries in cache and
         # reuse them (one workspace per call, no allocation per chunk); GPUs want one pass.
         chunk = min(b, max(1, self.chunk_elements // max(1, images[0].numel())))
+        c, h, w = images.shape[1:]
+        scales = range(1, geometry.num_scales)
         keep = pyramid is not None and images.dtype == torch.float32
         if keep:
-            for s in range(1, geometry.num_scales):
-                f = 1 << s
-                pyramid[s] = images.new_empty(b, images.shape[1], geometry.height // f, geometry.width // f)
-        c, h, w = images.shape[1:]
-        work_u = images.new_empty(chunk, c, h, w, dtype=torch.float32)
-        work = images.new_empty(chunk * c * (h // 2 + 2) * (w + w // 2 + 2), dtype=torch.float32)
-        parts = []
+            for s in scales:
+                pyramid[s] = images.new_empty(b, c, h >> s, w >> s)
+        smalls = None if keep else {s: images.new_empty(chunk, c, h >> s, w >> s, dtype=torch.float32) for s in scales}
+        err = images.new_empty(chunk, c, h, w, dtype=torch.float32)
+        cols = images.new_empty(chunk * c * (h // 2) * w, dtype=torch.float32)  # column-up-sampled image
+        sums = [images.new_empty(b, *geometry.grid(s), dtype=torch.float32) for s in scales]
         for i in range(0, b, chunk):
             x = images[i:i + chunk].float()
             k = x.shape[0]
-            maps = []
-            for s in range(1, geometry.num_scales):
-                f, p = 1 << s, geometry.patch_size(s)
-                small = downsample(x, f, out=pyramid[s][i:i + k]) if keep else None
-                err = blur_into(x, f, work_u[:k], work, small).sub_(x).square_()  # (blur_s - x)^2
-                maps.append(self._patch_score(err, p))
-            parts.append(maps)
-        return [torch.cat(m) for m in zip(*parts)] if len(parts) > 1 else parts[0]
+            for s in scales:
+                f = 1 << s
+                small = downsample(x, f, out=pyramid[s][i:i + k] if keep else smalls[s][:k])
+                blur_into(x, f, err[:k], cols, small)
+                torch.ops.aten.mse_loss.out(err[:k], x, 0, out=err[:k])  # (blur_s - x)^2 in one pass
+                self._patch_sums(err[:k], geometry.patch_size(s), out=sums[s - 1][i:i + k])
+        return [self._finish(t, c, geometry.patch_size(s)) for s, t in zip(scales, sums)]
 
     @staticmethod
-    def _patch_score(err: Tensor, p: int) -> Tensor:
+    def _patch_sums(err: Tensor, p: int, out: Tensor | None = None) -> Tensor:
+        """Per-patch sums of ``err [B, C, H, W]``: the ``p`` rows of each patch first (a
+        reduction over an outer axis, vectorised along the rows: ~2x faster than one
+        reduction over channels and both patch axes), then channels and columns."""
         b, c, h, w = err.shape
-        # mean over channels and the p x p pixels (a view: cheaper than avg_pool2d)
-        mse = err.view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
-        return (mse * p).sqrt()
+        rows = err.view(b, c, h // p, p, w).sum(3).view(b, c, h // p, w // p, p)
+        return torch.sum(rows, (1, 4)) if out is None else torch.sum(rows, (1, 4), out=out)
+
+    @staticmethod
+    def _finish(sums: Tensor, c: int, p: int) -> Tensor:
+        """``sqrt(mse * p)`` with ``mse = sum / (C p^2)``: ``sqrt(sum / (C p))``."""
+        return sums.div_(c * p).sqrt_()
 
     def _score_once(self, x: Tensor, geometry: QuadGeometry) -> list[Tensor]:
-        """One pass over the batch: traced graphs and GPUs."""
-        return [self._patch_score((blur(x, s) - x).square(), geometry.patch_size(s))
-                for s in range(1, geometry.num_scales)]
+        """One pass over the batch: traced graphs and GPUs (the same sums as the CPU chunks)."""
+        c = x.shape[1]
+        return [self._finish(self._patch_sums((blur(x, s) - x).square(), p), c, p)
+                for s, p in ((s, geometry.patch_size(s)) for s in range(1, geometry.num_scales))]
 
     def gmacs(self, geometry: QuadGeometry, channels: int = 3) -> float:
         """A small honest estimate, not a network's MACs: per scale ``s`` about
