@@ -78,16 +78,19 @@ def up_cols_into(s: Tensor, f: int, out: Tensor) -> Tensor:
     Output ``f/2 + j*f + q`` (``q < f``) is ``lerp(s[j], s[j+1], (q + 0.5)/f)`` for every
     phase, so each phase is one ``lerp`` of two shifted views of ``s`` written with stride
     ``f``; the ``f/2`` outer columns on each side are the edge pixels (the clamping of
-    ``align_corners=False``). The same values as the padded form."""
-    n = s.shape[-1]
+    ``align_corners=False``). The same values as the padded form. Views are made with
+    ``as_strided`` (one dispatcher call each: at batch 1 the calls are the cost)."""
+    *lead, n = s.shape
     h = f // 2
-    inner = out[..., h:n * f - h].unflatten(-1, (n - 1, f))
-    lo, hi = s[..., :-1], s[..., 1:]
+    ss, so, os_, oo = s.stride(), s.storage_offset(), out.stride(), out.storage_offset()
+    pairs = (*lead, n - 1)
+    lo, hi = s.as_strided(pairs, ss, so), s.as_strided(pairs, ss, so + ss[-1])
+    phase = (*os_[:-1], f * os_[-1])
     for q in range(f):  # strided writes beat every one-op form here
-        torch.lerp(lo, hi, (q + 0.5) / f, out=inner[..., q])
-    edge = out.as_strided((*out.shape[:-1], 2, h), (*out.stride()[:-1], (n * f - h) * out.stride(-1), out.stride(-1)),
-                          out.storage_offset())
-    edge.copy_(_edges(s, -1).unsqueeze(-1))
+        torch.lerp(lo, hi, (q + 0.5) / f, out=out.as_strided(pairs, phase, oo + (h + q) * os_[-1]))
+    edge = (*lead, 2, h)
+    out.as_strided(edge, (*os_[:-1], (n * f - h) * os_[-1], os_[-1]), oo).copy_(
+        s.as_strided(edge, (*ss[:-1], (n - 1) * ss[-1], 0), so))
     return out
 
 
@@ -95,14 +98,15 @@ def up_rows_into(s: Tensor, f: int, out: Tensor) -> Tensor:
     """Eager row up-sampling of ``s [..., n, W]`` by ``f`` into ``out [..., n*f, W]`` in one
     ``lerp``: rows ``f/2 + i*f + q`` mix rows ``i, i+1`` with the weight ``(q + 0.5)/f`` (a
     ``[f, 1]`` tensor broadcast over stride-0 views), then the edge rows are copied."""
-    n, w = s.shape[-2:]
+    *lead, n, w = s.shape
     h = f // 2
-    inner = out[..., h:n * f - h, :].unflatten(-2, (n - 1, f))
-    torch.lerp(s[..., :-1, None, :], s[..., 1:, None, :], _phase_weights(f, s), out=inner)
-    st = out.stride()
-    edge = out.as_strided((*out.shape[:-2], 2, h, w), (*st[:-2], (n * f - h) * st[-2], st[-2], st[-1]),
-                          out.storage_offset())
-    edge.copy_(_edges(s, -2).unsqueeze(-2))
+    ss, so, os_, oo = s.stride(), s.storage_offset(), out.stride(), out.storage_offset()
+    pairs, pair_st = (*lead, n - 1, f, w), (*ss[:-2], ss[-2], 0, ss[-1])
+    torch.lerp(s.as_strided(pairs, pair_st, so), s.as_strided(pairs, pair_st, so + ss[-2]), _phase_weights(f, s),
+               out=out.as_strided(pairs, (*os_[:-2], f * os_[-2], os_[-2], os_[-1]), oo + h * os_[-2]))
+    edge = (*lead, 2, h, w)
+    out.as_strided(edge, (*os_[:-2], (n * f - h) * os_[-2], os_[-2], os_[-1]), oo).copy_(
+        s.as_strided(edge, (*ss[:-2], (n - 1) * ss[-2], 0, ss[-1]), so))
     return out
 
 
@@ -117,14 +121,6 @@ def blur_into(x: Tensor, f: int, out: Tensor, work: Tensor, small: Tensor | None
         small = downsample(x, f)
     cols = up_cols_into(small, f, work[:b * c * (h // f) * w].view(b, c, h // f, w))
     return up_rows_into(cols, f, out)
-
-
-def _edges(t: Tensor, dim: int) -> Tensor:
-    """The first and last entries of ``t`` along ``dim`` as one strided view (size 2 there)."""
-    shape, strides = list(t.shape), list(t.stride())
-    strides[dim] *= shape[dim] - 1
-    shape[dim] = 2
-    return t.as_strided(shape, strides, t.storage_offset())
 
 
 def blur(images: Tensor, scale: int, out: Tensor | None = None) -> Tensor:

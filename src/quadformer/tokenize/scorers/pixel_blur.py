@@ -39,8 +39,8 @@ class PixelBlurScorer(PatchScorer):
             return self._score_once(images.float(), geometry)
         # On CPU, chunks of a few images keep the full-resolution temporaries in cache and
         # reuse them (one workspace per call, no allocation per chunk); GPUs want one pass.
-        chunk = min(b, max(1, self.chunk_elements // max(1, images[0].numel())))
         c, h, w = images.shape[1:]
+        chunk = min(b, max(1, self.chunk_elements // max(1, c * h * w)))
         scales = range(1, geometry.num_scales)
         keep = pyramid is not None and images.dtype == torch.float32
         if keep:
@@ -49,17 +49,26 @@ class PixelBlurScorer(PatchScorer):
         smalls = None if keep else {s: images.new_empty(chunk, c, h >> s, w >> s, dtype=torch.float32) for s in scales}
         err = images.new_empty(chunk, c, h, w, dtype=torch.float32)
         cols = images.new_empty(chunk * c * (h // 2) * w, dtype=torch.float32)  # column-up-sampled image
+        if chunk == b:  # one chunk (batch 1): no slicing, every call counts
+            x = images if images.dtype == torch.float32 else images.float()
+            return [self._finish(self._scale_sums(x, s, geometry, pyramid[s] if keep else smalls[s], err, cols), c,
+                                 geometry.patch_size(s)) for s in scales]
         sums = [images.new_empty(b, *geometry.grid(s), dtype=torch.float32) for s in scales]
         for i in range(0, b, chunk):
             x = images[i:i + chunk].float()
             k = x.shape[0]
             for s in scales:
-                f = 1 << s
-                small = downsample(x, f, out=pyramid[s][i:i + k] if keep else smalls[s][:k])
-                blur_into(x, f, err[:k], cols, small)
-                torch.ops.aten.mse_loss.out(err[:k], x, 0, out=err[:k])  # (blur_s - x)^2 in one pass
-                self._patch_sums(err[:k], geometry.patch_size(s), out=sums[s - 1][i:i + k])
+                small = pyramid[s][i:i + k] if keep else smalls[s][:k]
+                self._scale_sums(x, s, geometry, small, err[:k], cols, out=sums[s - 1][i:i + k])
         return [self._finish(t, c, geometry.patch_size(s)) for s, t in zip(scales, sums)]
+
+    def _scale_sums(self, x: Tensor, s: int, geometry: QuadGeometry, small: Tensor, err: Tensor, cols: Tensor,
+                    out: Tensor | None = None) -> Tensor:
+        """Per-patch sums of ``(blur_s - x)^2`` for one chunk; ``small`` receives ``downsample(x, 2^s)``."""
+        f = 1 << s
+        blur_into(x, f, err, cols, downsample(x, f, out=small))
+        torch.ops.aten.mse_loss.out(err, x, 0, out=err)  # (blur_s - x)^2 in one pass, in place
+        return self._patch_sums(err, geometry.patch_size(s), out)
 
     @staticmethod
     def _patch_sums(err: Tensor, p: int, out: Tensor | None = None) -> Tensor:
@@ -72,8 +81,8 @@ class PixelBlurScorer(PatchScorer):
 
     @staticmethod
     def _finish(sums: Tensor, c: int, p: int) -> Tensor:
-        """``sqrt(mse * p)`` with ``mse = sum / (C p^2)``: ``sqrt(sum / (C p))``."""
-        return sums.div_(c * p).sqrt_()
+        """``sqrt(mse * p)`` with ``mse = sum / (C p^2)``: ``sqrt(sum / (C p))``, in place."""
+        return sums.mul_(1.0 / (c * p)).sqrt_()  # (div_ by a Python number converts it: one call more)
 
     def _score_once(self, x: Tensor, geometry: QuadGeometry) -> list[Tensor]:
         """One pass over the batch: traced graphs and GPUs (the same sums as the CPU chunks)."""
