@@ -82,13 +82,15 @@ def scores_of(name: str, scorer, images: torch.Tensor, masks: torch.Tensor, g: Q
     return [torch.cat(m) for m in zip(*out)]
 
 
-def measure(tasks, budgets, scorer_specs, n_images, size=128, p_min=8, p_max=32, repeats=3, log=print):
+def measure(tasks, budgets, scorer_specs, n_images, size=128, p_min=8, p_max=32, repeats=3, log=print,
+            builders=None):
+    """``builders``: optional ``{spec: () -> scorer}`` for settings a spec string cannot name."""
     records = []
     specs = ["random", "oracle"] + [s for s in scorer_specs if s not in ("random", "oracle")]
     for task in tasks:
         images, masks, dmasks = load_task(task, n_images, size)
         g0 = QuadGeometry(size, size, p_min, p_max, budgets[0])
-        scorers = {s: build(s) for s in specs}
+        scorers = {s: (builders or {}).get(s, lambda s=s: build(s))() for s in specs}
         for s in scorers.values():
             s.eval()
         times = {s: float("inf") for s in specs}

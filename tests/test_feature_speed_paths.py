@@ -275,3 +275,21 @@ def test_bad_settings_are_one_line_errors(kw, needle):
         FeatureScorer("random", **kw)
     msg = str(e.value)
     assert needle in msg and "\n" not in msg
+
+
+def test_quality_benchmark_measures_a_setting_given_by_a_builder():
+    """``scorer_quality.measure(builders=...)``: what ``benchmarks/feature_scorer.py --quality`` runs."""
+    import importlib.util
+    from pathlib import Path
+
+    from quadformer.tokenize import QuadGeometry
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scorer_quality.py"
+    spec = importlib.util.spec_from_file_location("scorer_quality", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    recs = mod.measure(["glyphs"], [28], ["half"], 4, size=64, p_min=8, p_max=32, repeats=1, log=lambda *a: None,
+                       builders={"half": lambda: FeatureScorer(**HALF)})
+    (rec,) = [r for r in recs if r["scorer"] == "half"]
+    want = FeatureScorer(**HALF).gmacs(QuadGeometry(64, 64, 8, 32, 28))
+    assert rec["gmacs"] == round(want, 6) > 0 and 0 <= rec["object_fine_fraction"] <= 1 and rec["images"] == 4
