@@ -8,6 +8,7 @@ embeddings) as the differentiable/traceable path, for any batch size, image size
 
 from __future__ import annotations
 
+import functools
 import importlib
 from unittest import mock
 
@@ -18,6 +19,8 @@ from quadformer.tokenize import QuadGeometry, Tokenizer
 from quadformer.tokenize import resample as rs
 from quadformer.tokenize.quadtree import select_tokens
 from quadformer.tokenize.scorers.pixel_blur import PixelBlurScorer
+
+from .conftest import REFERENCE_DATA
 
 blur_mod = importlib.import_module("quadformer.tokenize.scorers.blur")  # the package re-exports blur()
 
@@ -131,3 +134,83 @@ def test_eager_token_indices_equal_the_traced_scatter(kind):
     with mock.patch.object(qt, "is_tracing", lambda: True):
         traced = qt.select_tokens(scores, g)
     assert eager.is_contiguous() and torch.equal(eager, traced)
+
+
+# ---- the pixel-blur scorer's eager CPU path against the plain definition (issue 13) ----
+
+# (size, p_min, p_max, N): the ViT-S benchmark setting, the micro models, L = 2 and L = 4
+SCORER_SETTINGS = [(256, 16, 64, 100), (128, 8, 32, 64), (224, 16, 32, 100), (128, 8, 64, 85)]
+
+
+@functools.cache
+def _photos(size: int) -> torch.Tensor | None:
+    """The reference photos, shorter side resized to ``size``, centre crop, ImageNet-normalised."""
+    from PIL import Image
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from torchvision.transforms.functional import center_crop, normalize, pil_to_tensor, resize
+
+    files = sorted((REFERENCE_DATA / "images").glob("*.JPEG"))
+    if not files:
+        return None
+    out = []
+    for f in files:
+        im = pil_to_tensor(Image.open(f).convert("RGB")).float() / 255
+        out.append(normalize(center_crop(resize(im, size, antialias=True), [size, size]), IMAGENET_DEFAULT_MEAN,
+                             IMAGENET_DEFAULT_STD))
+    return torch.stack(out)
+
+
+@functools.cache
+def _builtin_images(size: int) -> torch.Tensor:
+    from quadformer.data import build_dataset, list_tasks
+
+    imgs = []
+    for task in list_tasks():
+        ds = build_dataset(f"builtin:{task}", "test", size, size=2, seed=3)
+        imgs += [ds[i][0] for i in range(2)]
+    return torch.stack(imgs)
+
+
+def _reference_maps(x: torch.Tensor, g: QuadGeometry) -> list[torch.Tensor]:
+    """``sqrt(mse * p_s)`` from ``F.interpolate`` blurs, in float64 (the definition)."""
+    x64 = x.double()
+    maps = []
+    for s in range(1, g.num_scales):
+        p = g.patch_size(s)
+        err = (blur_mod.blur_reference(x64, s) - x64).square()
+        b, c, h, w = err.shape
+        maps.append((err.view(b, c, h // p, p, w // p, p).mean(dim=(1, 3, 5)) * p).sqrt())
+    return maps
+
+
+@pytest.mark.parametrize("source", ["photos", "builtin"])
+@pytest.mark.parametrize("size,pmin,pmax,n", SCORER_SETTINGS)
+def test_pixel_blur_scores_and_tokens_equal_the_definition(source, size, pmin, pmax, n):
+    x = _photos(size) if source == "photos" else _builtin_images(size)
+    if x is None:
+        pytest.skip("no reference photos here")
+    g = QuadGeometry(size, size, pmin, pmax, n)
+    ref = _reference_maps(x, g)
+    for chunk in (None, 3 * size * size):  # the default chunks and one image per chunk
+        with torch.inference_mode():
+            maps = PixelBlurScorer(chunk_elements=chunk)(x, g, pyramid={})
+        for m, r in zip(maps, ref):
+            torch.testing.assert_close(m.double(), r, rtol=1e-5, atol=1e-5 * float(r.abs().max()))
+        assert torch.equal(select_tokens(maps, g), select_tokens([r.float() for r in ref], g))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "cropped", "odd_batch_stride"])
+def test_as_strided_views_follow_any_input_strides(layout):
+    base = torch.randn(3, 3, 40, 72, generator=torch.Generator().manual_seed(7))
+    x = {"channels_last": base[..., :32, :64].contiguous().to(memory_format=torch.channels_last),
+         "cropped": base[:, :, 4:36, 8:72],
+         "odd_batch_stride": base[::2, :, :32, :64]}[layout]
+    g = QuadGeometry(32, 64, 4, 16, 29)
+    for f in (2, 4, 8):
+        eager_down, eager_blur = rs.downsample(x, f), blur_mod.blur(x, f.bit_length() - 1)
+        with _traced(), mock.patch.object(rs, "is_tracing", lambda: True):
+            traced_down, traced_blur = rs.downsample(x, f), blur_mod.blur(x, f.bit_length() - 1)
+        assert torch.equal(eager_down, traced_down) and torch.equal(eager_blur, traced_blur)
+    contiguous = PixelBlurScorer()(x.contiguous(), g)
+    for a, b in zip(PixelBlurScorer()(x, g), contiguous):
+        assert torch.equal(a, b)

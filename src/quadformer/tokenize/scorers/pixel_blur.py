@@ -27,9 +27,11 @@ class PixelBlurScorer(PatchScorer):
 
     shares_pyramid = True
 
-    def __init__(self, chunk_elements: int = 1 << 19) -> None:
+    def __init__(self, chunk_elements: int | None = None) -> None:
         super().__init__()
-        self.chunk_elements = chunk_elements  # images per chunk ~ chunk_elements / (C*H*W)
+        # images per CPU chunk ~ chunk_elements / (C*H*W); None: 2^19 per intra-op thread (up
+        # to 8), so that each core's share of the temporaries stays in its cache
+        self.chunk_elements = chunk_elements
 
     def score(self, images: Tensor, geometry: QuadGeometry, pyramid: dict[int, Tensor] | None = None,
               **inputs) -> list[Tensor]:
@@ -40,7 +42,8 @@ class PixelBlurScorer(PatchScorer):
         # On CPU, chunks of a few images keep the full-resolution temporaries in cache and
         # reuse them (one workspace per call, no allocation per chunk); GPUs want one pass.
         c, h, w = images.shape[1:]
-        chunk = min(b, max(1, self.chunk_elements // max(1, c * h * w)))
+        budget = self.chunk_elements or (1 << 19) * min(8, max(1, torch.get_num_threads()))
+        chunk = min(b, max(1, budget // max(1, c * h * w)))
         scales = range(1, geometry.num_scales)
         keep = pyramid is not None and images.dtype == torch.float32
         if keep:
