@@ -26,7 +26,6 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from quadformer.tokenize import QuadGeometry  # noqa: E402
-from quadformer.tokenize.resample import downsample  # noqa: E402
 from quadformer.tokenize.scorers import PixelBlurScorer  # noqa: E402
 from quadformer.utils.io import atomic_write  # noqa: E402
 
@@ -49,6 +48,14 @@ def _edges(t: Tensor, dim: int) -> Tensor:
     strides[dim] *= shape[dim] - 1
     shape[dim] = 2
     return t.as_strided(shape, strides, t.storage_offset())
+
+
+def _old_downsample(x: Tensor, factor: int, out: Tensor) -> Tensor:
+    a = factor // 2 - 1
+    *lead, h, w = x.shape
+    rows = x.reshape(*lead, h // factor, factor, w)[..., a:a + 2, :]
+    cols = torch.lerp(rows[..., a::factor], rows[..., a + 1::factor], 0.5)
+    return torch.lerp(cols[..., 0, :], cols[..., 1, :], 0.5, out=out)
 
 
 def _old_up_padded_rows(sp: Tensor, f: int, out: Tensor) -> Tensor:
@@ -93,7 +100,7 @@ def old_score(images: Tensor, g: QuadGeometry, pyramid: dict, chunk_elements: in
         maps = []
         for s in range(1, g.num_scales):
             f, p = 1 << s, g.patch_size(s)
-            small = downsample(x, f, out=pyramid[s][i:i + k])
+            small = _old_downsample(x, f, out=pyramid[s][i:i + k])
             err = _old_blur_into(x, f, work_u[:k], work, small).sub_(x).square_()
             mse = err.view(k, c, h // p, p, w // p, p).mean(dim=(1, 3, 5))
             maps.append((mse * p).sqrt())
@@ -131,7 +138,7 @@ def main() -> int:
         for size, pmin, pmax, n, batch in SETTINGS:
             g = QuadGeometry(size, size, pmin, pmax, n)
             x = torch.rand(batch, 3, size, size, generator=gen)
-            fns = {"old": lambda: old_score(x, g, {}), "new": lambda: scorer(x, g, pyramid={})}
+            fns = {"old": lambda x=x, g=g: old_score(x, g, {}), "new": lambda x=x, g=g: scorer(x, g, pyramid={})}
             rel = max(((a - b).abs() / b.abs().clamp_min(1e-12)).max().item() for a, b in zip(fns["old"](), fns["new"]()))
             reps = args.reps if batch > 1 else args.reps * 20
             times: dict[str, list[float]] = {k: [] for k in fns}
@@ -143,15 +150,15 @@ def main() -> int:
             ops = {k: aten_ops(fn) if batch == 1 else None for k, fn in fns.items()}
             mn = {k: min(v) for k, v in times.items()}
             md = {k: statistics.median(v) for k, v in times.items()}
-            row = dict(size=size, p_min=pmin, p_max=pmax, batch=batch, old_min=mn["old"], old_med=md["old"],
-                       new_min=mn["new"], new_med=md["new"], speedup=mn["old"] / mn["new"], max_rel_diff=rel,
-                       ops_old=ops["old"], ops_new=ops["new"])
+            row = {"size": size, "p_min": pmin, "p_max": pmax, "batch": batch, "old_min": mn["old"],
+                   "old_med": md["old"], "new_min": mn["new"], "new_med": md["new"], "speedup": mn["old"] / mn["new"],
+                   "max_rel_diff": rel, "ops_old": ops["old"], "ops_new": ops["new"]}
             rows.append(row)
             op_txt = f"{ops['old']}/{ops['new']}" if batch == 1 else "-"
             print(f"| {size} | {pmin}..{pmax} | {batch} | {mn['old']:.3f} / {md['old']:.3f} | {mn['new']:.3f} / "
                   f"{md['new']:.3f} | {row['speedup']:.2f}x | {rel:.1e} | {op_txt} |")
     if args.json:
-        text = json.dumps(dict(threads=args.threads, rows=rows), indent=1).encode()
+        text = json.dumps({"threads": args.threads, "rows": rows}, indent=1).encode()
         atomic_write(args.json, lambda f: f.write(text))
     return 0
 

@@ -147,7 +147,12 @@ def _photos(size: int) -> torch.Tensor | None:
     """The reference photos, shorter side resized to ``size``, centre crop, ImageNet-normalised."""
     from PIL import Image
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from torchvision.transforms.functional import center_crop, normalize, pil_to_tensor, resize
+    from torchvision.transforms.functional import (
+        center_crop,
+        normalize,
+        pil_to_tensor,
+        resize,
+    )
 
     files = sorted((REFERENCE_DATA / "images").glob("*.JPEG"))
     if not files:
