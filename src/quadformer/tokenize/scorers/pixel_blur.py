@@ -76,7 +76,7 @@ class PixelBlurScorer(PatchScorer):
     @staticmethod
     def _patch_sums(err: Tensor, p: int, out: Tensor | None = None) -> Tensor:
         """Per-patch sums of ``err [B, C, H, W]``: the ``p`` rows of each patch first (a
-        reduction over an outer axis, vectorised along the rows: ~2x faster than one
+        reduction over an outer axis, vectorised along the rows: ~1.8x faster than one
         reduction over channels and both patch axes), then channels and columns."""
         b, c, h, w = err.shape
         rows = err.view(b, c, h // p, p, w).sum(3).view(b, c, h // p, w // p, p)
@@ -85,7 +85,7 @@ class PixelBlurScorer(PatchScorer):
     @staticmethod
     def _finish(sums: Tensor, c: int, p: int) -> Tensor:
         """``sqrt(mse * p)`` with ``mse = sum / (C p^2)``: ``sqrt(sum / (C p))``, in place."""
-        return sums.mul_(1.0 / (c * p)).sqrt_()  # (div_ by a Python number converts it: one call more)
+        return sums.mul_(1.0 / (c * p)).sqrt_()
 
     def _score_once(self, x: Tensor, geometry: QuadGeometry) -> list[Tensor]:
         """One pass over the batch: traced graphs and GPUs (the same sums as the CPU chunks)."""
