@@ -10,7 +10,8 @@ over the compared callables, min of k), so the ratios hold on a shared machine:
 * ``tokenize feature (bfloat16)``: ``precision='bfloat16'`` (opt-in: it changes some selections);
 * ``tokenize feature (half size, tap 8)``: the fast setting ``tap_stride=8, input_scale=0.5`` (the
   backbone sees the image at half size; its stride-8 tap is a stride-16 map of the image);
-* ``tokenize feature (half size, tap 8, bfloat16)``: the same with ``precision='bfloat16'``;
+* ``tokenize feature (half size, tap 8, ...)``: the same with ``normalize='mean'`` (each scale's
+  map divided by its image mean: the recommended form) or ``precision='bfloat16'``;
 * ``tokenize feature (tap 16)``: the stride-16 tap at full size (where the default tap is 32);
 * ``tokenize pixel-blur`` and ``ViT-S forward`` (a timm ViT-S on N uniform tokens) as references.
 
@@ -84,6 +85,8 @@ QUALITY = {
     "feature (default: tap 32)": {"tap_stride": 32},
     "feature (tap 16)": {"tap_stride": 16},
     "feature (half size, tap 8)": HALF,
+    "feature (half size, tap 8, normalize='mean')": {**HALF, "normalize": "mean"},
+    "feature (default, normalize='mean')": {"tap_stride": 32, "normalize": "mean"},
     "feature (half size, tap 16)": {"tap_stride": 16, "input_scale": 0.5},
     "feature (quarter size, tap 8)": {"tap_stride": 8, "input_scale": 0.25},
     "feature (bfloat16)": {"tap_stride": 32, "precision": "bfloat16"},
@@ -100,6 +103,7 @@ def scorers(tap: int) -> dict[str, object]:
     plain = FeatureScorer(backbone=nn.Sequential(*mods), stride=tap)
     out = {"feature": fast, "feature (plain path)": plain, "feature (bfloat16)": low}
     shallower = {"feature (half size, tap 8)": HALF,
+                 "feature (half size, tap 8, normalize='mean')": {**HALF, "normalize": "mean"},
                  "feature (half size, tap 8, bfloat16)": {**HALF, "precision": "bfloat16"}}
     if tap != 16:
         shallower["feature (tap 16)"] = {"tap_stride": 16}

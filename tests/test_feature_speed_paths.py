@@ -182,6 +182,7 @@ def test_small_passes_share_one_stage2_call():
 # -- the fast setting: backbone at half the image size, tap stride halved (docs/scorers.md) --------
 
 HALF = {"weights": "random", "tap_stride": 8, "input_scale": 0.5}
+HALF_MEAN = {**HALF, "normalize": "mean"}  # the recommended form
 
 
 @pytest.mark.parametrize("r", [0.5, 0.25, 0.75, 2.0])
@@ -229,7 +230,7 @@ def test_half_scale_setting_exported_graph_equals_eager():
     """torch.export traces the plain path (the frozen modules, F.interpolate): same cells, close maps."""
     torch.manual_seed(0)
     q = Quadformer(img_size=128, patch_size=8, max_patch_size=32, num_patches=64, embed_dim=32, depth=1,
-                   num_heads=2, num_classes=10, scorer="feature", scorer_kwargs=HALF).eval()
+                   num_heads=2, num_classes=10, scorer="feature", scorer_kwargs=HALF_MEAN).eval()
 
     class Index(nn.Module):
         def __init__(self, model):
@@ -250,13 +251,38 @@ def test_half_scale_setting_through_the_model_factory():
     from quadformer.models.factory import build_model, model_gmacs
 
     kw = {"embed_dim": 32, "depth": 1, "num_heads": 2, "scorer": "feature"}
-    fast = build_model("quadformer_micro_patch8_128", 10, 128, 64, kwargs={**kw, "scorer_kwargs": HALF})
+    fast = build_model("quadformer_micro_patch8_128", 10, 128, 64, kwargs={**kw, "scorer_kwargs": HALF_MEAN})
     full = build_model("quadformer_micro_patch8_128", 10, 128, 64,
                        kwargs={**kw, "scorer_kwargs": {"weights": "random", "tap_stride": 16}})
-    assert fast.scorer.input_scale == 0.5 and fast.scorer.stride == 8
+    assert fast.scorer.input_scale == 0.5 and fast.scorer.stride == 8 and fast.scorer.normalize == "mean"
     assert model_gmacs(fast, 128)[0] < model_gmacs(full, 128)[0]
     with torch.inference_mode():
         assert fast.eval()(_builtin(128)[:2]).shape == (2, 10)
+
+
+def test_mean_normalisation_divides_each_scale_by_its_image_mean():
+    """``normalize='mean'``: map_j / mean(map_j) per image, whatever the chunking; the cells
+    split finely come back at half size (more fine splits than without it)."""
+    from quadformer.tokenize import QuadGeometry
+    from quadformer.tokenize.quadtree import select_splits
+
+    x = _builtin(128)
+    g = QuadGeometry(128, 128, 8, 32, 64)
+    plain = FeatureScorer(**HALF)
+    norm = FeatureScorer(**HALF_MEAN, chunk_size=2)
+    norm.load_state_dict(plain.state_dict())
+    assert "normalize='mean'" in repr(norm) and "normalize" not in repr(plain)
+    with torch.inference_mode():
+        ref, got = plain(x, g), norm(x, g)
+        whole = FeatureScorer(**HALF_MEAN)
+        whole.load_state_dict(plain.state_dict())
+        once = whole(x, g)
+    for r, m, o in zip(ref, got, once):
+        torch.testing.assert_close(m, r / r.mean(dim=(1, 2), keepdim=True))
+        torch.testing.assert_close(m.mean(dim=(1, 2)), torch.ones(x.shape[0]))
+        torch.testing.assert_close(m, o, rtol=0, atol=0)
+    fine = [int(select_splits(maps, g)[1].sum()) for maps in (ref, got)]
+    assert fine[1] > fine[0]
 
 
 @pytest.mark.parametrize("kw,needle", [
@@ -268,6 +294,7 @@ def test_half_scale_setting_through_the_model_factory():
     ({"tap_stride": 12}, "tap_stride=12"),
     ({"error": "l1"}, "error='l1'"),
     ({"chunk_size": 0}, "chunk_size=0"),
+    ({"normalize": "max"}, "normalize='max'"),
     ({"tap_stride": 32, "input_scale": 0.5, "p_min": 16}, "tap_stride=16"),
 ])
 def test_bad_settings_are_one_line_errors(kw, needle):
