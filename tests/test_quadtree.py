@@ -160,3 +160,24 @@ def test_uniform_l1_selects_raster_grid():
     g = QuadGeometry(64, 32, 16, 16, 8)
     idx = select_tokens([], g, batch_size=2)
     assert idx.tolist() == [list(range(8))] * 2
+
+
+@pytest.mark.parametrize("h,w,pmin,pmax", GEOMETRIES)
+@pytest.mark.parametrize("kind", ["random", "ties", "constant", "zeros_sparse"])
+def test_host_heap_path_equals_batched_path(h, w, pmin, pmax, kind, monkeypatch):
+    """Small eager-CPU batches select on the host with a heap: the same tokens as the batched
+    sort-based path (forced with HEAP_MAX_BATCH = 0), every budget, ties included."""
+    import quadformer.tokenize.quadtree as qt
+
+    gen = torch.Generator().manual_seed(hash((h, w, pmin, pmax, kind, "heap")) % 2**31)
+    base = QuadGeometry(h, w, pmin, pmax, legal_budgets(h, w, pmin, pmax)[0])
+    scores = make_scores(base, 3, kind, gen)
+    assert qt.HEAP_MAX_BATCH >= 3
+    for n in legal_budgets(h, w, pmin, pmax):
+        g = base.with_budget(n)
+        heap = select_tokens(scores, g)
+        with monkeypatch.context() as m:
+            m.setattr(qt, "HEAP_MAX_BATCH", 0)
+            batched = select_tokens(scores, g)
+        assert torch.equal(heap, batched), n
+        assert torch.equal(select_tokens([s[:1].double() for s in scores], g), batched[:1])  # any float dtype

@@ -1,6 +1,9 @@
 """Batched quadtree selection with sorts only (``docs/design/mixed_resolution.md``).
 
 No Python loop over images or splits: the only loops run over the L scales (L <= ~5).
+The exception is eager CPU at batch sizes up to :data:`HEAP_MAX_BATCH`, where ~160 tiny tensor
+ops cost more than the definition itself: there :func:`select_tokens` runs the best-first
+expansion with a heap on the host (the same priorities, so the same tokens; tested equal).
 
 Idea: best-first expansion with fixed, distinct priorities splits nodes in the order of a
 lexicographic key ``K(v) = (e_0 .. e_{L-2})`` where ``e_i`` is the suffix maximum of ranks
@@ -11,6 +14,7 @@ layout (side descending, raster), which realises the tie rule exactly.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import torch
@@ -201,11 +205,66 @@ def token_mask(split: list[Tensor], geometry: QuadGeometry) -> Tensor:
     return torch.cat(parts, 1)
 
 
+#: largest batch that eager CPU selects with the host-side heap (measured break-even: ~8)
+HEAP_MAX_BATCH = 4
+
+_CHILDREN_CACHE: dict[tuple, tuple[list[tuple[tuple[int, ...], bool]], int]] = {}
+
+
+def _children(geometry: QuadGeometry) -> tuple[list[tuple[tuple[int, ...], bool]], int]:
+    """Per internal node (canonical index ``t`` < T): its 4 children's canonical indices and
+    whether they are internal nodes themselves; and the number of roots. Cached per geometry."""
+    g = geometry
+    key = (g.height, g.width, g.p_min, g.p_max)
+    hit = _CHILDREN_CACHE.get(key)
+    if hit is None:
+        starts, start = {}, 0
+        for s in canonical_scales(g):
+            starts[s] = start
+            start += g.grid(s)[0] * g.grid(s)[1]
+        children = []
+        for s in range(g.num_scales - 1, 0, -1):
+            gh, gw = g.grid(s)
+            cgw = g.grid(s - 1)[1]
+            for r in range(gh):
+                for c in range(gw):
+                    kids = tuple(starts[s - 1] + (2 * r + dr) * cgw + 2 * c + dc for dr in (0, 1) for dc in (0, 1))
+                    children.append((kids, s > 1))
+        roots = g.grid(g.num_scales - 1)
+        hit = _CHILDREN_CACHE[key] = (children, roots[0] * roots[1])
+    return hit
+
+
+def _select_tokens_heap(scores: list[Tensor], geometry: QuadGeometry) -> Tensor:
+    """The best-first definition itself, per image on the host: split the active node of
+    highest priority (score desc, then canonical index asc, which is the tie rule of
+    :func:`_descending_rank`) ``num_splits`` times; tokens are the active leaves."""
+    children, roots = _children(geometry)
+    out = []
+    for row in _flatten_scores(scores, geometry).float().tolist():
+        heap = [(-row[t], t) for t in range(roots)]
+        heapq.heapify(heap)
+        tokens = set(range(roots))
+        for _ in range(geometry.num_splits):
+            t = heapq.heappop(heap)[1]
+            kids, internal = children[t]
+            tokens.discard(t)
+            tokens.update(kids)
+            if internal:
+                for u in kids:
+                    heapq.heappush(heap, (-row[u], u))
+        out.append(sorted(tokens))
+    return torch.tensor(out, dtype=torch.int64, device=scores[0].device)
+
+
 def select_tokens(
     scores: list[Tensor], geometry: QuadGeometry, batch_size: int | None = None, device: torch.device | None = None
 ) -> Tensor:
     """Indices ``[B, N]`` into the canonical cell layout of the selected tokens, in
     canonical emission order (side descending, then y, then x)."""
+    if (scores and geometry.num_splits and scores[0].device.type == "cpu" and not is_tracing()
+            and 0 < scores[0].shape[0] <= HEAP_MAX_BATCH):
+        return _select_tokens_heap(scores, geometry)
     mask = token_mask(select_splits(scores, geometry, batch_size, device), geometry)
     n, m = geometry.num_patches, geometry.num_cells
     if mask.device.type == "cpu" and not is_tracing():  # eager CPU: row-major order is canonical, n per row
