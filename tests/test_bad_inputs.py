@@ -473,6 +473,9 @@ def cases(w) -> list[Case]:
     c.append(Case("train-negative-shift", ["train", "--out", O, *MICRO, *TINY_DATA, "data.shift=-3"], "data.shift=-3"))
     kw = "model.kwargs={embed_dim: 32, depth: 2, num_heads: 2, scorer: feature, scorer_kwargs: {precision: fp8}}"
     c.append(Case("train-feature-precision", ["train", "--out", O, *MICRO, *TINY_DATA, kw], "'fp8'"))
+    for bad, expect in (("input_scale: 0", "input_scale"), ("normalize: max", "'max'")):
+        kw = f"model.kwargs={{embed_dim: 32, depth: 2, num_heads: 2, scorer: feature, scorer_kwargs: {{{bad}}}}}"
+        c.append(Case(f"train-feature-{bad.split(':')[0]}", ["train", "--out", O, *MICRO, *TINY_DATA, kw], expect))
 
     # -- 5. configs and overrides: train, pretrain, train-scorer --
     cfg_cmds = {
