@@ -114,3 +114,37 @@ def test_every_mode_and_depth_tokenizes(tmp_path, mode):
 
         a = np.asarray(load_rgb(path))[..., 0].astype(int)
         assert (a == 255).mean() < 0.05 and abs(a - grey).max() <= 1
+
+
+def test_scorer_kwargs_reach_the_scorer(tmp_path, photo_paths, monkeypatch):
+    """--scorer-kwargs values are YAML scalars passed to the scorer's constructor."""
+    import quadformer.cli.tokenize_cmd as cmd
+
+    built = []
+    real = cmd.build_scorer
+    monkeypatch.setattr(cmd, "build_scorer", lambda name, **kw: built.append((name, kw)) or real(name, **kw))
+    out = tmp_path / "b.json"
+    rc = main(["tokenize", str(photo_paths[0]), "--scorer", "feature", "--scorer-weights", "random",
+               "--scorer-kwargs", "tap_stride=8", "input_scale=0.5", "normalize=mean", "--json", str(out)])
+    assert rc == 0
+    assert built == [("feature", {"weights": "random", "tap_stride": 8, "input_scale": 0.5, "normalize": "mean"})]
+    assert np.array(json.loads(out.read_text())[0]["boxes"]).shape == (100, 4)
+
+
+@pytest.mark.parametrize("scorer", ["distilled", "laplacian", "entropy"])
+def test_label_free_scorers(scorer, photo_paths, capsys):
+    extra = ["--scorer-weights", "random", "--scorer-kwargs", "context=2"] if scorer == "distilled" else []
+    assert main(["tokenize", str(photo_paths[0]), "--scorer", scorer, *extra]) == 0
+    assert "100 patches" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--scorer", "feature", "--scorer-kwargs", "tapstride=8"], "'tapstride'"),
+    (["--scorer", "feature", "--scorer-kwargs", "tap_stride"], "KEY=VALUE"),
+    (["--scorer", "feature", "--scorer-weights", "random", "--scorer-kwargs", "tap_stride=[1"], "'[1'"),
+    (["--scorer", "laplacian", "--scorer-weights", "w.safetensors"], "--scorer-weights"),
+])
+def test_bad_scorer_options_one_line(args, names, photo_paths, capsys):
+    assert main(["tokenize", str(photo_paths[0]), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and names in err and "Traceback" not in err

@@ -7,11 +7,14 @@ by the quadtree into exactly BUDGET patches.
 examples:
   quadformer tokenize photo.jpg --size 256 --min-patch 16 --max-patch 64 --budget 100 --png mosaic.png
   quadformer tokenize *.JPEG --scorer precomputed --saliency maps.npz --json boxes.json
+  quadformer tokenize photo.jpg --scorer distilled --scorer-weights scorer.safetensors --png mosaic.png
+  quadformer tokenize photo.jpg --scorer feature --scorer-kwargs tap_stride=8 input_scale=0.5 normalize=mean
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 
@@ -24,7 +27,9 @@ from ..utils.errors import QuadformerError
 from ..utils.images import eval_transform, load_rgb
 from .common import add_common, check_output_file
 
-SCORERS = ("pixel-blur", "feature", "random", "precomputed")
+SCORERS = ("pixel-blur", "feature", "distilled", "laplacian", "entropy", "random", "precomputed")
+#: scorers that read a weights file (--scorer-weights)
+WEIGHTED = ("feature", "distilled")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,8 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=100, help="exact number of patches N (default 100)")
     p.add_argument("--scorer", choices=SCORERS, default="pixel-blur", help="saliency scorer (default pixel-blur)")
     p.add_argument("--scorer-weights", default=None,
-                   help="feature scorer weights: a local .safetensors/.pth file, an explicit name such as "
-                        "'torchvision:IMAGENET1K_V1', or 'random'")
+                   help="feature scorer weights (a local .safetensors/.pth file, an explicit name such as "
+                        "'torchvision:IMAGENET1K_V1', or 'random'), or the distilled scorer's file from "
+                        "`quadformer train-scorer --kind distilled`")
+    p.add_argument("--scorer-kwargs", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="more options of the scorer's constructor, values read as YAML scalars "
+                        "(e.g. tap_stride=8 input_scale=0.5 normalize=mean for the feature scorer)")
     p.add_argument("--saliency", nargs="+", default=None, metavar="MAP",
                    help="precomputed maps: one .npy/.pt per image ([h, w]), one array [B, h, w], "
                         "or an .npz keyed by image file stem")
@@ -101,10 +110,14 @@ def run(args: argparse.Namespace) -> int:
         inputs["saliency"] = _saliency(args.saliency, args.images)
     elif args.saliency:
         raise QuadformerError(f"--saliency is only used with --scorer precomputed (got --scorer {args.scorer})")
-    if args.scorer == "feature":
+    if args.scorer in WEIGHTED:
         kwargs["weights"] = args.scorer_weights
+    elif args.scorer_weights is not None:
+        raise QuadformerError(f"--scorer-weights is only used with --scorer {' or '.join(WEIGHTED)} "
+                              f"(got --scorer {args.scorer})")
     if args.scorer == "random":
         kwargs["seed"] = args.seed
+    kwargs.update(_scorer_kwargs(args.scorer, args.scorer_kwargs))
     scorer = build_scorer(args.scorer, **kwargs)
     pixels, boxes, _ = mosaic(batch, geometry, scorer, args.resample, **inputs)
     if args.json:
@@ -126,6 +139,30 @@ def run(args: argparse.Namespace) -> int:
             counts = {s: sides.count(s) for s in sorted(set(sides), reverse=True)}
             print(f"{p}: {len(sides)} patches, " + ", ".join(f"{n}x{s}px" for s, n in counts.items()))
     return 0
+
+
+def _scorer_kwargs(name: str, pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs -> constructor kwargs of scorer ``name`` (values as YAML scalars),
+    checked against its signature so a typo is one line, not a TypeError."""
+    import yaml
+
+    from ..tokenize.scorers import SCORERS as CLASSES
+
+    params = inspect.signature(CLASSES[name].__init__).parameters
+    options = [k for k, v in params.items() if k != "self" and v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)]
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise QuadformerError(f"--scorer-kwargs {pair!r} is not KEY=VALUE (e.g. tap_stride=8)")
+        if key not in options:
+            raise QuadformerError(f"--scorer-kwargs {key!r} is not an option of the {name} scorer; "
+                                  f"options: {', '.join(options)}")
+        try:
+            out[key] = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            raise QuadformerError(f"--scorer-kwargs {pair!r}: cannot read {text!r} as a value") from None
+    return out
 
 
 def _dump_records(records: list[dict]) -> str:
