@@ -4,7 +4,8 @@ Everything is timed side by side in one process with interleaved repeats (round-
 the compared callables, min and median of k), so ratios hold on a shared machine:
 
 * tokenizer: ``Quadformer.tokenize()`` (score, select, resample, embed) for the pixel-blur
-  and feature scorers (feature with ``weights="random"``: same compute as trained weights),
+  and feature scorers (feature with ``weights="random"``: same compute as trained weights;
+  ``feature-half``: its fast setting, the backbone at half size, ``docs/scorers.md``),
   with its ratio to the forward of a timm ViT of the same width on N uniform tokens, beside
   that ViT's own patch embedding (the part the tokenizer replaces: its floor, since both
   project N tokens of ``3*p_min^2`` pixels);
@@ -56,7 +57,7 @@ from quadformer.utils.io import write_json  # noqa: E402
 # size -> (p_min, p_max, target N)
 SETTINGS = {224: (16, 32, 100), 256: (16, 64, 100), 384: (16, 64, 144)}
 #: scorers timed in the tokenizer, forward, training and memory tables (--scorers)
-SCORERS = ["pixel-blur", "feature"]
+SCORERS = ["pixel-blur", "feature", "feature-half"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -136,6 +137,9 @@ def timm_vit(d: int, depth: int, heads: int, n: int, patch: int, device) -> Visi
 
 
 def scorer_kwargs(scorer: str, pmin: int) -> dict:
+    if scorer == "feature-half":  # the fast setting of docs/scorers.md: the backbone at half size
+        return {"scorer": "feature", "scorer_kwargs": {"weights": "random", "tap_stride": max(8, pmin // 2),
+                                                       "input_scale": 0.5, "normalize": "mean"}}
     if scorer == "feature":
         return {"scorer": "feature", "scorer_kwargs": {"weights": "random", "tap_stride": 32 if pmin >= 16 else 16}}
     return {"scorer": scorer}
@@ -373,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16", action="store_true", help="inference tables under bf16 autocast")
     ap.add_argument("--only", nargs="+", default=None, choices=("tokenizer", "stages", "forward", "train", "micro", "memory"))
     ap.add_argument("--json", type=Path, default=None, help="write every row as JSON")
-    ap.add_argument("--scorers", nargs="+", default=list(SCORERS), choices=("pixel-blur", "feature"),
+    ap.add_argument("--scorers", nargs="+", default=list(SCORERS), choices=("pixel-blur", "feature", "feature-half"),
                     help="scorers of the tokenizer, forward, training and memory tables")
     ap.add_argument("--sizes", nargs="+", type=int, default=None, choices=sorted(SETTINGS),
                     help="image sizes of the tokenizer and forward tables (default: per mode)")

@@ -30,7 +30,7 @@ def test_tokenizer_stages_and_micro_tables(tmp_path, capsys):
                            "--reps", "1", "--scorers", "pixel-blur", "--threads", "1", "--json", str(tmp_path / "r.json")])
     finally:
         torch.set_num_threads(threads)
-        run_all.SCORERS[:] = ["pixel-blur", "feature"]
+        run_all.SCORERS[:] = ["pixel-blur", "feature", "feature-half"]
     assert rc == 0
     out = capsys.readouterr().out
     for table in ("**tokenizer**", "**tokenizer stages", "**micro 128 px**"):
