@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -13,6 +14,30 @@ from PIL import Image
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REFERENCE_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "quadformer_reference_data"
+
+
+@functools.cache
+def reference_photos(size: int, resize_to: int | None = None) -> torch.Tensor | None:
+    """The reference photos as a batch: shorter side resized to ``resize_to`` (default ``size``),
+    centre crop ``size``, ImageNet-normalised; ``None`` where the shared data is absent."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from torchvision.transforms.functional import (
+        center_crop,
+        normalize,
+        pil_to_tensor,
+        resize,
+    )
+
+    files = sorted((REFERENCE_DATA / "images").glob("*.JPEG"))
+    if not files:
+        return None
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            x = pil_to_tensor(im.convert("RGB")).float() / 255
+        x = center_crop(resize(x, resize_to or size, antialias=True), [size, size])
+        out.append(normalize(x, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
+    return torch.stack(out)
 
 
 @pytest.fixture

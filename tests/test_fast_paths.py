@@ -20,7 +20,7 @@ from quadformer.tokenize import resample as rs
 from quadformer.tokenize.quadtree import select_tokens
 from quadformer.tokenize.scorers.pixel_blur import PixelBlurScorer
 
-from .conftest import REFERENCE_DATA
+from .conftest import reference_photos
 
 blur_mod = importlib.import_module("quadformer.tokenize.scorers.blur")  # the package re-exports blur()
 
@@ -142,27 +142,8 @@ def test_eager_token_indices_equal_the_traced_scatter(kind):
 SCORER_SETTINGS = [(256, 16, 64, 100), (128, 8, 32, 64), (224, 16, 32, 100), (128, 8, 64, 85)]
 
 
-@functools.cache
 def _photos(size: int) -> torch.Tensor | None:
-    """The reference photos, shorter side resized to ``size``, centre crop, ImageNet-normalised."""
-    from PIL import Image
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from torchvision.transforms.functional import (
-        center_crop,
-        normalize,
-        pil_to_tensor,
-        resize,
-    )
-
-    files = sorted((REFERENCE_DATA / "images").glob("*.JPEG"))
-    if not files:
-        return None
-    out = []
-    for f in files:
-        im = pil_to_tensor(Image.open(f).convert("RGB")).float() / 255
-        out.append(normalize(center_crop(resize(im, size, antialias=True), [size, size]), IMAGENET_DEFAULT_MEAN,
-                             IMAGENET_DEFAULT_STD))
-    return torch.stack(out)
+    return reference_photos(size)
 
 
 @functools.cache

@@ -22,7 +22,7 @@ from quadformer.tokenize.scorers.backbones import FastShuffleNet
 from quadformer.tokenize.scorers.blur import blur_reference
 from quadformer.utils.errors import QuadformerError
 
-from .conftest import REFERENCE_DATA
+from .conftest import reference_photos
 
 # (image size, p_min, p_max, N, tap stride): the tokenizer benchmark's ViT-S settings and the
 # micro models' (tests/test_golden.py)
@@ -33,27 +33,8 @@ SETTINGS = [
 ]
 
 
-@functools.cache
 def _photos(size: int) -> torch.Tensor | None:
-    """The reference photos, shorter side resized to 292/256 of ``size``, centre crop, normalised."""
-    from PIL import Image
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    from torchvision.transforms.functional import (
-        center_crop,
-        normalize,
-        pil_to_tensor,
-        resize,
-    )
-
-    files = sorted((REFERENCE_DATA / "images").glob("*.JPEG"))
-    if not files:
-        return None
-    out = []
-    for f in files:
-        im = pil_to_tensor(Image.open(f).convert("RGB")).float() / 255
-        im = center_crop(resize(im, round(size * 292 / 256), antialias=True), [size, size])
-        out.append(normalize(im, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
-    return torch.stack(out)
+    return reference_photos(size, round(size * 292 / 256))
 
 
 @functools.cache
