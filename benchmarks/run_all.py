@@ -213,9 +213,12 @@ def stages_table(grid, batches, reps, device, dtype) -> list[dict]:
                 with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16,
                                                             enabled=dtype == torch.bfloat16):
                     index, pyramid = m.select_cells(x)
-                    kw = {} if pyramid is None else {"pyramid": {}}
-                    scores = m.scorer(x, g, **kw)
-                    fns = {f"{s}: score": lambda: m.scorer(x, g, **({} if pyramid is None else {"pyramid": {}})),
+
+                    def score(m=m, x=x, g=g, share=pyramid is not None):  # a fresh pyramid dict, as the model
+                        return m.scorer(x, g, **({"pyramid": {}} if share else {}))
+
+                    scores = score()
+                    fns = {f"{s}: score": score,
                            f"{s}: select (quadtree)": lambda: select_tokens(scores, g, b, x.device),
                            f"{s}: embed (resample, project, positions)": lambda: m.embed_cells(x, index, pyramid),
                            f"{s}: tokenize()": lambda: m.tokenize(x)}
