@@ -41,6 +41,18 @@ def reference_photos(size: int, resize_to: int | None = None) -> torch.Tensor | 
 
 
 @pytest.fixture
+def torch_cpu_ops():
+    """Run the test on the PyTorch ops of the eager CPU path, not the fused kernels
+    (:mod:`quadformer.tokenize.kernels`)."""
+    from quadformer.tokenize import kernels
+
+    was = kernels.enabled()
+    kernels.set_enabled(False)
+    yield
+    kernels.set_enabled(was)
+
+
+@pytest.fixture
 def photo_paths(tmp_path) -> list[Path]:
     """Real photos from the shared reference data when present, else two written images."""
     imgs = sorted((REFERENCE_DATA / "images").glob("*.JPEG"))

@@ -1,7 +1,8 @@
 """The eager-CPU fast paths of the pixel-blur tokenizer (issue 13) against the simple paths.
 
-The fast paths (one-lerp up-sampling into workspaces, the scorer's pyramid shared with the
-gather, ``gather_embed`` projecting straight into the output) must give the same token
+The fast paths (the fused CPU kernels, and without them the one-lerp up-sampling into
+workspaces; the scorer's pyramid shared with the gather, ``gather_embed`` projecting straight
+into the output) must give the same token
 indices and the same values (bitwise for the scores, float rounding of a sum order for the
 embeddings) as the differentiable/traceable path, for any batch size, image size and L.
 """
@@ -47,7 +48,7 @@ def test_one_lerp_blur_and_rows_first_downsample_are_bitwise_the_stacked_forms(f
 
 
 @pytest.mark.parametrize("batch", [1, 3, 7])
-def test_chunked_scorer_with_pyramid_equals_one_pass(batch):
+def test_chunked_scorer_with_pyramid_equals_one_pass(batch, torch_cpu_ops):
     g = QuadGeometry(64, 64, 4, 16, 37)
     x = torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(batch))
     pyramid: dict[int, torch.Tensor] = {}
@@ -169,9 +170,12 @@ def _reference_maps(x: torch.Tensor, g: QuadGeometry) -> list[torch.Tensor]:
     return maps
 
 
+@pytest.mark.parametrize("backend", ["kernels", "torch"])
 @pytest.mark.parametrize("source", ["photos", "builtin"])
 @pytest.mark.parametrize("size,pmin,pmax,n", SCORER_SETTINGS)
-def test_pixel_blur_scores_and_tokens_equal_the_definition(source, size, pmin, pmax, n):
+def test_pixel_blur_scores_and_tokens_equal_the_definition(source, size, pmin, pmax, n, backend, request):
+    if backend == "torch":
+        request.getfixturevalue("torch_cpu_ops")
     x = _photos(size) if source == "photos" else _builtin_images(size)
     if x is None:
         pytest.skip("no reference photos here")

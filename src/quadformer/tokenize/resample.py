@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .geometry import QuadGeometry
 from .quadtree import canonical_scales, cell_tables
+from . import kernels
 from .validation import is_tracing
 
 Resample = Literal["reference", "area"]
@@ -220,8 +221,10 @@ def gather_embed(
     d = c * p * p
     scales = canonical_scales(geometry)
     levels = {s: (pyramid.get(s) if pyramid else None) for s in scales}
-    levels = {s: (downscale(images, 1 << s, resample) if v is None else v).contiguous().view(-1, p)
-              for s, v in levels.items()}
+    levels = {s: (downscale(images, 1 << s, resample) if v is None else v).contiguous() for s, v in levels.items()}
+    if kernels.enabled() and images.dtype == torch.float32 and cell_bias.dtype == torch.float32:
+        return _gather_embed_fused(list(levels.values()), index, geometry, weight, cell_bias, prefix)
+    levels = {s: v.view(-1, p) for s, v in levels.items()}
     seg, stride, starts = _segment_tables(geometry, c, images.device)
     flat = index.reshape(-1)
     image_of = torch.arange(b, device=index.device).view(b, 1, 1)
@@ -243,4 +246,57 @@ def gather_embed(
         o = out[j, prefix_len:]
         torch.index_select(cell_bias, 0, index[j], out=o)
         o.addmm_(pixels.view(n, d), wt)
+    return out
+
+
+_CELL_CACHE: dict[tuple, tuple] = {}
+CHUNK_IMAGES = 8
+
+
+def _cell_origins(geometry: QuadGeometry):
+    """Per canonical cell: its level (position in canonical scale order) and the row and
+    column of its first pixel in that level's image (int64 arrays, cached per geometry)."""
+    g = geometry
+    key = (g.height, g.width, g.p_min, g.p_max)
+    cells = _CELL_CACHE.get(key)
+    if cells is None:
+        level, ys, xs = [], [], []
+        for k, s in enumerate(canonical_scales(g)):
+            gh, gw = g.grid(s)
+            rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+            level.append(torch.full((gh * gw,), k))
+            ys.append(rows.reshape(-1) * g.p_min)
+            xs.append(cols.reshape(-1) * g.p_min)
+        cells = tuple(torch.cat(t).numpy() for t in (level, ys, xs))
+        _CELL_CACHE[key] = cells
+    return cells
+
+
+def _gather_embed_fused(levels: list[Tensor], index: Tensor, geometry: QuadGeometry, weight: Tensor,
+                        cell_bias: Tensor, prefix: Tensor | None) -> Tensor:
+    """:func:`gather_embed` with the gather in a fused kernel (:func:`.kernels.cpu.gather_tokens`):
+    chunks of a few images gathered in parallel into a cache-resident buffer, then one
+    ``addmm`` per image, as in the PyTorch path (the same values, bitwise)."""
+    from .kernels.cpu import gather_tokens
+
+    b, n = index.shape
+    c = levels[0].shape[1]
+    p = geometry.p_min
+    d = c * p * p
+    prefix_len = 0 if prefix is None else prefix.shape[0]
+    out = levels[0].new_empty(b, prefix_len + n, weight.shape[0])
+    if prefix_len:
+        out[:, :prefix_len] = prefix
+    wt = weight.reshape(weight.shape[0], d).t()
+    rows = prefix_len + n  # out's rows per image; the pixel rows of the prefix stay zero
+    chunk = max(1, min(b, CHUNK_IMAGES))
+    pixels = levels[0].new_zeros(chunk * rows, d)
+    index = index.contiguous()
+    cells = _cell_origins(geometry)
+    bias = cell_bias.contiguous()
+    flat = out.view(b * rows, -1)
+    for i in range(0, b, chunk):
+        k = min(chunk, b - i)
+        gather_tokens(levels, cells, index, p, bias, out, prefix_len, pixels, i, i + k)
+        flat[i * rows:(i + k) * rows].addmm_(pixels[:k * rows], wt)  # prefix rows: + 0 @ W
     return out

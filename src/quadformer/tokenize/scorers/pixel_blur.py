@@ -8,6 +8,7 @@ from torch import Tensor
 from ..geometry import QuadGeometry
 from ..resample import downsample
 from ..validation import is_tracing
+from ..kernels import enabled as cpu_kernels_enabled
 from ._checks import check_images
 from .base import PatchScorer
 from .blur import blur, blur_into
@@ -41,6 +42,8 @@ class PixelBlurScorer(PatchScorer):
             return self._score_once(images.float(), geometry)
         # On CPU, chunks of a few images keep the full-resolution temporaries in cache and
         # reuse them (one workspace per call, no allocation per chunk); GPUs want one pass.
+        if cpu_kernels_enabled():
+            return self._score_fused(images, geometry, pyramid)
         c, h, w = images.shape[1:]
         budget = self.chunk_elements or (1 << 19) * min(8, max(1, torch.get_num_threads()))
         chunk = min(b, max(1, budget // max(1, c * h * w)))
@@ -64,6 +67,20 @@ class PixelBlurScorer(PatchScorer):
                 small = pyramid[s][i:i + k] if keep else smalls[s][:k]
                 self._scale_sums(x, s, geometry, small, err[:k], cols, out=sums[s - 1][i:i + k])
         return [self._finish(t, c, geometry.patch_size(s)) for s, t in zip(scales, sums)]
+
+    def _score_fused(self, images: Tensor, geometry: QuadGeometry, pyramid: dict[int, Tensor] | None) -> list[Tensor]:
+        """Eager CPU: one fused pass per image plane (:func:`..kernels.cpu.blur_error_sums`)."""
+        from ..kernels.cpu import blur_error_sums
+
+        x = images.detach().float().contiguous()
+        b, c, h, w = x.shape
+        scales = range(1, geometry.num_scales)
+        smalls = [x.new_empty(b, c, h >> s, w >> s) for s in scales]
+        sums = [x.new_empty(b, c, *geometry.grid(s)) for s in scales]
+        blur_error_sums(x, geometry.p_min, smalls, sums)
+        if pyramid is not None and images.dtype == torch.float32:
+            pyramid.update(zip(scales, smalls))
+        return [self._finish(t.sum(1), c, geometry.patch_size(s)) for s, t in zip(scales, sums)]
 
     def _scale_sums(self, x: Tensor, s: int, geometry: QuadGeometry, small: Tensor, err: Tensor, cols: Tensor,
                     out: Tensor | None = None) -> Tensor:
