@@ -1,6 +1,8 @@
-"""The pixel-blur scorer's ``score()`` on CPU, new vs the previous eager path, side by side (issue 13).
+"""The pixel-blur scorer's ``score()`` on CPU: the fused kernel, the PyTorch ops and the previous
+eager path, side by side (issue 13).
 
-The previous path (padded copies of the down-sampled image and of the column-up-sampled
+The fused kernel is ``quadformer.tokenize.kernels`` (the default on CPU); the PyTorch ops are the
+same scorer with the kernels switched off (``kernels.set_enabled(False)``). The previous path (padded copies of the down-sampled image and of the column-up-sampled
 rows, then ``sub_``, ``square_`` and one ``mean`` over a 6-d view) is copied below, so both
 run in one process with interleaved repeats (round-robin, min and median of ``--reps``).
 Also printed: the largest relative difference of the scores, and the number of aten ops
@@ -25,7 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from quadformer.tokenize import QuadGeometry  # noqa: E402
+from quadformer.tokenize import QuadGeometry, kernels  # noqa: E402
 from quadformer.tokenize.scorers import PixelBlurScorer  # noqa: E402
 from quadformer.utils.io import atomic_write  # noqa: E402
 
@@ -129,8 +131,9 @@ def main() -> int:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, "
           f"{'thread CPU time' if args.cpu_time else 'wall time'}")
-    print("| size | p | batch | previous ms/img (min/med) | new ms/img (min/med) | speed-up (min) | max rel diff | aten ops prev/new |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| size | p | batch | previous ms/img (min/med) | PyTorch ops ms/img (min/med) | fused kernel ms/img (min/med) "
+          "| fused vs PyTorch ops (min) | fused vs previous (min) | max rel diff (ops / fused) | aten ops prev/ops |")
+    print("|---|---|---|---|---|---|---|---|---|")
     scorer = PixelBlurScorer()
     rows = []
     gen = torch.Generator().manual_seed(0)
@@ -138,8 +141,18 @@ def main() -> int:
         for size, pmin, pmax, n, batch in SETTINGS:
             g = QuadGeometry(size, size, pmin, pmax, n)
             x = torch.rand(batch, 3, size, size, generator=gen)
-            fns = {"old": lambda x=x, g=g: old_score(x, g, {}), "new": lambda x=x, g=g: scorer(x, g, pyramid={})}
-            rel = max(((a - b).abs() / b.abs().clamp_min(1e-12)).max().item() for a, b in zip(fns["old"](), fns["new"]()))
+            def ops(x=x, g=g):
+                kernels.set_enabled(False)
+                try:
+                    return scorer(x, g, pyramid={})
+                finally:
+                    kernels.set_enabled(True)
+
+            fns = {"old": lambda x=x, g=g: old_score(x, g, {}), "new": ops,
+                   "fused": lambda x=x, g=g: scorer(x, g, pyramid={})}
+            ref = fns["old"]()
+            rel = {k: max(((a - b).abs() / b.abs().clamp_min(1e-12)).max().item() for a, b in zip(ref, fns[k]()))
+                   for k in ("new", "fused")}
             reps = args.reps if batch > 1 else args.reps * 20
             times: dict[str, list[float]] = {k: [] for k in fns}
             for _ in range(reps):
@@ -147,16 +160,19 @@ def main() -> int:
                     t0 = clock()
                     fn()
                     times[k].append((clock() - t0) / batch * 1e3)
-            ops = {k: aten_ops(fn) if batch == 1 else None for k, fn in fns.items()}
+            n_ops = {k: aten_ops(fn) if batch == 1 else None for k, fn in fns.items() if k != "fused"}
             mn = {k: min(v) for k, v in times.items()}
             md = {k: statistics.median(v) for k, v in times.items()}
             row = {"size": size, "p_min": pmin, "p_max": pmax, "batch": batch, "old_min": mn["old"],
-                   "old_med": md["old"], "new_min": mn["new"], "new_med": md["new"], "speedup": mn["old"] / mn["new"],
-                   "max_rel_diff": rel, "ops_old": ops["old"], "ops_new": ops["new"]}
+                   "old_med": md["old"], "new_min": mn["new"], "new_med": md["new"], "fused_min": mn["fused"],
+                   "fused_med": md["fused"], "fused_vs_ops": mn["new"] / mn["fused"],
+                   "fused_vs_previous": mn["old"] / mn["fused"], "max_rel_diff_ops": rel["new"],
+                   "max_rel_diff_fused": rel["fused"], "ops_old": n_ops["old"], "ops_new": n_ops["new"]}
             rows.append(row)
-            op_txt = f"{ops['old']}/{ops['new']}" if batch == 1 else "-"
+            op_txt = f"{n_ops['old']}/{n_ops['new']}" if batch == 1 else "-"
             print(f"| {size} | {pmin}..{pmax} | {batch} | {mn['old']:.3f} / {md['old']:.3f} | {mn['new']:.3f} / "
-                  f"{md['new']:.3f} | {row['speedup']:.2f}x | {rel:.1e} | {op_txt} |")
+                  f"{md['new']:.3f} | {mn['fused']:.3f} / {md['fused']:.3f} | {row['fused_vs_ops']:.2f}x | "
+                  f"{row['fused_vs_previous']:.2f}x | {rel['new']:.1e} / {rel['fused']:.1e} | {op_txt} |")
     if args.json:
         text = json.dumps({"threads": args.threads, "rows": rows}, indent=1).encode()
         atomic_write(args.json, lambda f: f.write(text))

@@ -5,8 +5,8 @@ the compared callables, min and median of k), so ratios hold on a shared machine
 
 * tokenizer: ``Quadformer.tokenize()`` (score, select, resample, embed) for the pixel-blur
   and feature scorers (feature with ``weights="random"``: same compute as trained weights;
-  ``feature-half``: its fast setting, the backbone at half size, ``docs/scorers.md``),
-  with its ratio to the forward of a timm ViT of the same width on N uniform tokens, beside
+  ``feature-half``: its fast setting, the backbone at half size, ``docs/scorers.md``; on CPU
+  also the pixel-blur call without its fused kernels, "PyTorch ops"), with its ratio to the forward of a timm ViT of the same width on N uniform tokens, beside
   that ViT's own patch embedding (the part the tokenizer replaces: its floor, since both
   project N tokens of ``3*p_min^2`` pixels);
 * tokenizer stages: the scorer, the quadtree selection and the embedding (resample, project,
@@ -50,7 +50,7 @@ from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 warnings.filterwarnings("ignore", message=".*Overwriting.*")
 
 from quadformer.models.quadformer import SIZES, Quadformer, UniformViT  # noqa: E402
-from quadformer.tokenize import nearest_legal_budgets  # noqa: E402
+from quadformer.tokenize import kernels, nearest_legal_budgets  # noqa: E402
 from quadformer.tokenize.tokenizer import uniform_grid_for_budget  # noqa: E402
 from quadformer.utils.io import write_json  # noqa: E402
 
@@ -159,6 +159,15 @@ def uniform(size: int, pmin: int, n: int, width: str, device, classes=1000):
                       num_classes=classes).to(device).eval()
 
 
+def torch_ops(fn, *args):
+    """``fn(*args)`` on the PyTorch ops of the eager CPU path (``quadformer.tokenize.kernels`` off)."""
+    kernels.set_enabled(False)
+    try:
+        return fn(*args)
+    finally:
+        kernels.set_enabled(True)
+
+
 def _row(name: str, t: dict, batch: int, mem: float | None, base: dict | None) -> dict:
     ms = 1e3 * t["min"] / batch
     return {"what": name, "batch": batch, "ms_per_img": ms, "img_per_s": 1e3 / ms,
@@ -183,6 +192,8 @@ def tokenizer_table(grid, batches, reps, device, dtype) -> list[dict]:
             x = torch.randn(b, 3, size, size, device=device, dtype=dtype)
             xs = torch.randn(b, 3, gh * pmin, gw * pmin, device=device, dtype=dtype)
             fns = {f"tokenize {s}": (lambda m=m: m.tokenize(x)) for s, m in models.items()}
+            if device.type == "cpu" and "pixel-blur" in models:  # the same call without the fused kernels
+                fns["tokenize pixel-blur, PyTorch ops"] = lambda m=models["pixel-blur"]: torch_ops(m.tokenize, x)
             fns["ViT-S patch embed"] = lambda: vit.patch_embed(xs)  # what the tokenizer replaces
             fns["ViT-S forward"] = lambda: vit(xs)
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=dtype == torch.bfloat16):

@@ -219,10 +219,16 @@ def _gather_images(levels, level_h, level_w, channels, cell_level, cell_y, cell_
                 for r in range(p):
                     so = ((j * channels + c) * h + y0 + r) * w
                     do = (c * p + r) * p
-                    if p == 16:  # the usual side, written out (a call per segment costs more than the copy)
+                    # the usual sides written out: a call per segment costs more than the copy
+                    if p == 16:
                         for tt in range(t, u):
                             dst, at = (base + tt) * d + do, so + cell_x[index[j, tt]]
                             for q in range(16):
+                                pixels[np.uint64(dst + q)] = src[np.uint64(at + q)]
+                    elif p == 8:
+                        for tt in range(t, u):
+                            dst, at = (base + tt) * d + do, so + cell_x[index[j, tt]]
+                            for q in range(8):
                                 pixels[np.uint64(dst + q)] = src[np.uint64(at + q)]
                     else:
                         for tt in range(t, u):
