@@ -54,6 +54,11 @@ def _child(argv: list[str], kill_at_write: int, tear: bool, log: str | None, std
         return real_replace(src, dst, *a, **k)
 
     os.replace = replace
+    import torch
+
+    # GNU OpenMP cannot start a thread team in a child forked from a parent that ran one (any
+    # earlier test of this process, e.g. test_export's): one thread, in the reference run as in every other
+    torch.set_num_threads(1)
     try:
         from quadformer.cli.main import main
 
