@@ -290,7 +290,8 @@ def _gather_embed_fused(levels: list[Tensor], index: Tensor, geometry: QuadGeome
     wt = weight.reshape(weight.shape[0], d).t()
     rows = prefix_len + n  # out's rows per image; the pixel rows of the prefix stay zero
     chunk = max(1, min(b, CHUNK_IMAGES))
-    pixels = levels[0].new_zeros(chunk * rows, d)
+    pixels = levels[0].new_empty(chunk * rows, d)
+    pixels.view(chunk, rows, d)[:, :prefix_len].zero_()  # the kernel writes every other row
     index = index.contiguous()
     cells = _cell_origins(geometry)
     bias = cell_bias.contiguous()
