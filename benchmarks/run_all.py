@@ -6,7 +6,8 @@ the compared callables, min and median of k), so ratios hold on a shared machine
 * tokenizer: ``Quadformer.tokenize()`` (score, select, resample, embed) for the pixel-blur
   and feature scorers (feature with ``weights="random"``: same compute as trained weights;
   ``feature-half``: its fast setting, the backbone at half size, ``docs/scorers.md``; on CPU
-  also the pixel-blur call without its fused kernels, "PyTorch ops"), with its ratio to the forward of a timm ViT of the same width on N uniform tokens, beside
+  also the pixel-blur call without its fused kernels, "PyTorch ops", and the feature call with
+  its chunks one after the other, "one stream"), with its ratio to the forward of a timm ViT of the same width on N uniform tokens, beside
   that ViT's own patch embedding (the part the tokenizer replaces: its floor, since both
   project N tokens of ``3*p_min^2`` pixels);
 * tokenizer stages: the scorer, the quadtree selection and the embedding (resample, project,
@@ -168,6 +169,16 @@ def torch_ops(fn, *args):
         kernels.set_enabled(True)
 
 
+def one_stream(model, fn, *args):
+    """``fn(*args)`` with the feature scorer's chunks one after the other, each op on all threads
+    (``streams=False``; the default runs one chunk per thread, one intra-op thread each)."""
+    model.scorer.streams = False
+    try:
+        return fn(*args)
+    finally:
+        model.scorer.streams = None
+
+
 def _row(name: str, t: dict, batch: int, mem: float | None, base: dict | None) -> dict:
     ms = 1e3 * t["min"] / batch
     return {"what": name, "batch": batch, "ms_per_img": ms, "img_per_s": 1e3 / ms,
@@ -194,6 +205,8 @@ def tokenizer_table(grid, batches, reps, device, dtype) -> list[dict]:
             fns = {f"tokenize {s}": (lambda m=m: m.tokenize(x)) for s, m in models.items()}
             if device.type == "cpu" and "pixel-blur" in models:  # the same call without the fused kernels
                 fns["tokenize pixel-blur, PyTorch ops"] = lambda m=models["pixel-blur"]: torch_ops(m.tokenize, x)
+            if device.type == "cpu" and "feature" in models and torch.get_num_threads() > 1:
+                fns["tokenize feature, one stream"] = lambda m=models["feature"]: one_stream(m, m.tokenize, x)
             fns["ViT-S patch embed"] = lambda: vit.patch_embed(xs)  # what the tokenizer replaces
             fns["ViT-S forward"] = lambda: vit(xs)
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=dtype == torch.bfloat16):

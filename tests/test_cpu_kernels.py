@@ -189,3 +189,55 @@ def test_environment_switch_and_lazy_numba_import():
     env["QUADFORMER_CPU_KERNELS"] = "1"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]  # numba is imported on first use only
+
+
+# -- map_streams: data parallel PyTorch ops, one intra-op thread per stream ---------------------
+
+def _on_threads(n: int, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_map_streams_keeps_order_modes_and_the_callers_thread_count():
+    import threading
+
+    seen = []
+
+    def fn(i):
+        seen.append((threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled(),
+                     torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu")))
+        return i * 10
+
+    def run():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = kernels.map_streams(fn, list(range(7)))
+        after = []
+        t = threading.Thread(target=lambda: after.append(torch.get_num_threads()))  # the process default
+        t.start()
+        t.join()
+        return out, torch.get_num_threads(), after[0]
+
+    assert _on_threads(2, run) == (list(range(0, 70, 10)), 2, 2)
+    assert len({s[0] for s in seen}) == 2  # two threads
+    assert {s[1:] for s in seen} == {(1, False, True, True)}  # one intra-op thread each, the caller's modes
+    seen.clear()
+    assert _on_threads(1, lambda: kernels.map_streams(fn, [0, 1])) == [0, 10]
+    assert {s[0] for s in seen} == {threading.get_ident()}  # one thread: the plain loop
+
+
+def test_map_streams_raises_a_streams_error_and_restores_the_thread_count():
+    def fn(i):
+        if i == 5:
+            raise ValueError("item 5")
+        return i
+
+    def run():
+        with pytest.raises(ValueError, match="item 5"):
+            kernels.map_streams(fn, list(range(6)))  # item 5 is in the worker's share
+        return torch.get_num_threads()
+
+    assert _on_threads(2, run) == 2

@@ -301,3 +301,32 @@ def test_quality_benchmark_measures_a_setting_given_by_a_builder():
     (rec,) = [r for r in recs if r["scorer"] == "half"]
     want = FeatureScorer(**HALF).gmacs(QuadGeometry(64, 64, 8, 32, 28))
     assert rec["gmacs"] == round(want, 6) > 0 and 0 <= rec["object_fine_fraction"] <= 1 and rec["images"] == 4
+
+
+def test_streams_score_what_one_chunk_after_the_other_scores(monkeypatch):
+    """On 2 threads the chunks run as 2 streams of one intra-op thread (the default; one image:
+    its passes), with the values of the serial loop."""
+    import quadformer.tokenize.scorers.feature as feature_mod
+    from quadformer.tokenize import QuadGeometry
+    from quadformer.tokenize.quadtree import select_tokens
+
+    x = _builtin(128)
+    g = QuadGeometry(128, 128, 8, 32, 64)
+    sc = FeatureScorer("random", tap_stride=16)
+    calls = []
+    real = feature_mod.map_streams
+    monkeypatch.setattr(feature_mod, "map_streams", lambda fn, items: calls.append(len(items)) or real(fn, items))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        streamed, one = sc(x, g), sc(x[:1], g)
+        sc.streams = False
+        serial, one_serial = sc(x, g), sc(x[:1], g)
+    finally:
+        torch.set_num_threads(before)
+    # 9 images: chunks of 5 and 4, one per thread; 1 image: its 3 passes in 2 groups; none with streams=False
+    assert calls == [2, 2]
+    for a, b in zip(streamed + one, serial + one_serial):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert torch.equal(select_tokens(streamed, g), select_tokens(serial, g))
+    assert torch.equal(select_tokens(one, g), select_tokens(one_serial, g))

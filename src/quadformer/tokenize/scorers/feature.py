@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ...utils.errors import QuadformerError
 from ..geometry import QuadGeometry
+from ..kernels import map_streams
 from ..validation import is_tracing
 from ._checks import check_images
 from .backbones import (
@@ -106,12 +107,20 @@ class FeatureScorer(PatchScorer):
             With ``input_scale=0.5`` the finest blur is barely visible to the backbone (mean
             ``map_1 / map_2`` ~0.2 on the built-in tasks, 0.6-0.95 at full size), so it splits
             too few cells finely; ``'mean'`` gives those splits back (docs/scorers.md).
+        streams: ``None`` (default) or ``True``: on CPU with several intra-op threads, the
+            chunks of a batch run on as many threads, each with one intra-op thread
+            (:func:`~quadformer.tokenize.kernels.map_streams`: the backbone's small convolutions
+            scale badly inside each op; ~1.3x faster on 2 cores, same values). ``False``: one
+            chunk after the other, each op on all threads.
     """
 
     CPU_CHUNK = 8
     #: backbone input pixels per chunk with the fast ShuffleNetV2 path (whose stem runs
     #: in smaller groups, so its temporaries stay small whatever the chunk)
     CPU_CHUNK_PIXELS = 16 * 256 * 256
+    #: the same with ``streams`` (one intra-op thread per chunk: 8 images of 256x256 ran
+    #: ~1.15x faster than 16 and 4 on 2 cores)
+    STREAM_CHUNK_PIXELS = 8 * 256 * 256
 
     def __init__(
         self,
@@ -131,6 +140,7 @@ class FeatureScorer(PatchScorer):
         channels_last: bool | None = None,
         precision: str = "float32",
         normalize: str = "none",
+        streams: bool | None = None,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -168,6 +178,7 @@ class FeatureScorer(PatchScorer):
         self.channels_last = channels_last
         self.precision = precision
         self.normalize = normalize
+        self.streams = streams
         # x_b = ((x * std_in + mean_in) - mean_b) / std_b = x * a + c
         m_in, s_in = _stats(input_mean, "input_mean"), _stats(input_std, "input_std")
         m_b, s_b = _stats(backbone_mean, "backbone_mean"), _stats(backbone_std, "backbone_std")
@@ -264,15 +275,30 @@ class FeatureScorer(PatchScorer):
                     chunk = max(1, int(self.CPU_CHUNK_PIXELS // pixels))
                 else:
                     chunk = self.CPU_CHUNK
-            if images.shape[0] <= chunk:
-                return self._score_chunk(images, geometry)
-            parts = [self._score_chunk(c, geometry) for c in images.split(chunk)]
+            parallel = (self.streams is not False and images.device.type == "cpu" and not is_tracing()
+                        and torch.get_num_threads() > 1)
+            streams = parallel and images.shape[0] > 1
+            if streams:  # at least one chunk per thread; smaller chunks on one intra-op thread each
+                if self.chunk_size is None and chunk > 1:
+                    pixels = images.shape[-2] * images.shape[-1] * self.input_scale**2
+                    chunk = max(1, min(chunk, int(self.STREAM_CHUNK_PIXELS // pixels)))
+                chunk = min(chunk, -(-images.shape[0] // torch.get_num_threads()))
+            if images.shape[0] <= chunk:  # one image with streams: its passes split between the threads
+                return self._score_chunk(images, geometry, split_passes=parallel)
+            chunks = images.split(chunk)
+            if streams:
+                self._inference_backbone(self._bfloat16(images.device))  # built once, before the threads
+                parts = map_streams(lambda c: self._score_chunk(c, geometry), chunks)
+            else:
+                parts = [self._score_chunk(c, geometry) for c in chunks]
             return [torch.cat(maps) for maps in zip(*parts)]
 
-    def _score_chunk(self, images: Tensor, geometry: QuadGeometry) -> list[Tensor]:
+    def _score_chunk(self, images: Tensor, geometry: QuadGeometry, split_passes: bool = False) -> list[Tensor]:
         """The image and its L-1 blurs go through the backbone as one batch (the fast
         ShuffleNetV2 path takes each blur as its down-sampled image and runs the up-sampling
-        and the first convolution as one convolution of that small image)."""
+        and the first convolution as one convolution of that small image); with
+        ``split_passes``, the fast path's passes in contiguous groups, one per thread
+        (:func:`~quadformer.tokenize.kernels.map_streams`)."""
         b, _, h, w = images.shape
         n = geometry.num_scales - 1
         x = images.float()
@@ -307,7 +333,12 @@ class FeatureScorer(PatchScorer):
         ]
         if fast:
             with torch.autocast("cpu", enabled=False):  # its dtype is its own (float32 or bfloat16)
-                feats = backbone.forward_passes(passes)  # no cat of the inputs
+                if split_passes and len(passes) > 1:
+                    k = min(len(passes), torch.get_num_threads())
+                    groups = [passes[len(passes) * i // k:len(passes) * (i + 1) // k] for i in range(k)]
+                    feats = torch.cat(map_streams(backbone.forward_passes, groups))
+                else:
+                    feats = backbone.forward_passes(passes)  # no cat of the inputs
         else:
             batch = torch.cat(passes)
             if self.channels_last or (self.channels_last is None and device.type == "cpu"):
