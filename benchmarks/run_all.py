@@ -384,8 +384,10 @@ def markdown(rows: list[dict]) -> str:
                 tail = f" {r['vs_vanilla_64']:.2f} | {r['vs_vanilla_256']:.2f} |"
             elif memory:
                 tail = f" {_fmt(r['ratio'], '.2f')}x |"
+            elif table.startswith("tokenizer"):  # shares of a forward or of tokenize(): percent
+                tail = f" {_fmt(r['ratio'], '.1%')} |"
             else:
-                tail = f" {_fmt(r['ratio'], '.1%') if r['ratio'] is not None and r['ratio'] < 0.5 else _fmt(r['ratio'], '.3f')} |"
+                tail = f" {_fmt(r['ratio'], '.3f')} |"
             out.append(f"| {r['size']}, {r['N']} | {r['batch']} | {r['what']} | {r['ms_per_img']:.3f} | "
                        f"{r['img_per_s']:.0f} | {_fmt(r['peak_mb'], '.0f')} |{tail}")
     return "\n".join(out)
