@@ -241,3 +241,16 @@ def test_map_streams_raises_a_streams_error_and_restores_the_thread_count():
         return torch.get_num_threads()
 
     assert _on_threads(2, run) == 2
+
+
+def test_map_streams_nest_the_kernels_pool_without_waiting_on_itself():
+    """A stream's work may run a kernel (``parallel_for``): inside a stream there is one thread,
+    so the kernel runs inline instead of queueing behind the stream on the shared pool."""
+    spans = []
+
+    def fn(i):
+        kernels.parallel_for(lambda a, b: spans.append((i, a, b)), 4)
+        return i
+
+    assert _on_threads(2, lambda: kernels.map_streams(fn, list(range(4)))) == [0, 1, 2, 3]
+    assert sorted(spans) == [(i, 0, 4) for i in range(4)]  # one inline span per item
