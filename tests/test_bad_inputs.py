@@ -457,6 +457,7 @@ def cases(w) -> list[Case]:
         (["--scorer", "feature", "--scorer-weights", "random", "--scorer-kwargs", "tap_stride=[8"], "'[8'"),
         (["--scorer", "feature", "--scorer-weights", "random", "--scorer-kwargs", "tap_stride=12"], "12"),
         (["--scorer", "feature", "--scorer-weights", "random", "--scorer-kwargs", "input_scale=0"], "input_scale"),
+        (["--scorer", "feature", "--scorer-weights", "random", "--scorer-kwargs", "streams=2"], "streams=2"),
         (["--png", str(df / "file_not_dir") + "/m.png"], "file_not_dir"),
         (["--json", str(df / "file_not_dir") + "/b.json"], "file_not_dir"),
         (["--json", str(df / "empty")], "empty"),

@@ -276,6 +276,7 @@ def test_mean_normalisation_divides_each_scale_by_its_image_mean():
     ({"error": "l1"}, "error='l1'"),
     ({"chunk_size": 0}, "chunk_size=0"),
     ({"normalize": "max"}, "normalize='max'"),
+    ({"streams": "no"}, "streams='no'"),
     ({"tap_stride": 32, "input_scale": 0.5, "p_min": 16}, "tap_stride=16"),
 ])
 def test_bad_settings_are_one_line_errors(kw, needle):

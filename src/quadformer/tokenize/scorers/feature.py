@@ -156,6 +156,9 @@ class FeatureScorer(PatchScorer):
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                        or chunk_size < 1):
             raise QuadformerError(f"feature scorer: chunk_size={chunk_size!r} must be an int >= 1 or None")
+        if streams is not None and not isinstance(streams, bool):
+            raise QuadformerError(f"feature scorer: streams={streams!r} must be true, false or null (default: on "
+                                  "CPU with several threads)")
         if backbone is None:
             backbone = shufflenet_backbone(tap_stride, weights)
             self.default_taps = True
@@ -264,24 +267,23 @@ class FeatureScorer(PatchScorer):
         if geometry.num_scales == 1:
             return []
         with torch.no_grad():
+            parallel = (self.streams is not False and images.device.type == "cpu" and not is_tracing()
+                        and torch.get_num_threads() > 1)
+            streams = parallel and images.shape[0] > 1
             chunk = self.chunk_size
+            pixels = images.shape[-2] * images.shape[-1] * self.input_scale**2
             if is_tracing():
                 chunk = images.shape[0]  # one graph for any batch size
             elif chunk is None:
                 if images.device.type != "cpu":
                     chunk = images.shape[0]
                 elif isinstance(self._inference_backbone(), FastShuffleNet):
-                    pixels = images.shape[-2] * images.shape[-1] * self.input_scale**2
                     chunk = max(1, int(self.CPU_CHUNK_PIXELS // pixels))
                 else:
                     chunk = self.CPU_CHUNK
-            parallel = (self.streams is not False and images.device.type == "cpu" and not is_tracing()
-                        and torch.get_num_threads() > 1)
-            streams = parallel and images.shape[0] > 1
-            if streams:  # at least one chunk per thread; smaller chunks on one intra-op thread each
-                if self.chunk_size is None and chunk > 1:
-                    pixels = images.shape[-2] * images.shape[-1] * self.input_scale**2
+                if streams:  # smaller chunks on one intra-op thread each
                     chunk = max(1, min(chunk, int(self.STREAM_CHUNK_PIXELS // pixels)))
+            if streams:  # at least one chunk per thread
                 chunk = min(chunk, -(-images.shape[0] // torch.get_num_threads()))
             if images.shape[0] <= chunk:  # one image with streams: its passes split between the threads
                 return self._score_chunk(images, geometry, split_passes=parallel)
