@@ -22,28 +22,17 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import time
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import run_all
 import torch
 import torch.nn.functional as F
 
 from quadformer.tokenize.scorers.backbones import FastShuffleNet, shufflenet_backbone
-
-
-def interleaved(fns: dict, reps: int, inner: int = 3) -> dict[str, float]:
-    """ms per call of each callable: round-robin over them, min over ``reps`` rounds."""
-    for fn in fns.values():
-        fn()
-    best = {k: float("inf") for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            best[k] = min(best[k], (time.perf_counter() - t) / inner * 1e3)
-    return best
 
 
 def main() -> None:
@@ -101,7 +90,7 @@ def main() -> None:
             ref = fast.forward_passes(passes)
             err = (torch.from_numpy(sess.run(None, feed)[0]) - ref).abs().max().item()
             fns["onnxruntime, 3 full-size passes"] = lambda: sess.run(None, feed)
-        t = interleaved(fns, args.reps)
+        t = {k: v["min"] * 1e3 for k, v in run_all.interleaved(fns, args.reps, torch.device("cpu")).items()}
     base = t["FastShuffleNet, 3 passes"]
     print(f"{n} px, chunk of {b}, 1 thread, min of {args.reps} interleaved rounds")
     print(f"{'':34s} {'ms/img':>8s} {'share / speed-up':>17s}")
